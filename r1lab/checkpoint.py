@@ -64,7 +64,8 @@ def quantize_fp8(weight: torch.Tensor, block: int = FP8_BLOCK) -> tuple[torch.Te
 def _fp8_quantisable(name: str) -> bool:
     # As in the released weights: attention, dense-FFN and expert projections; not the router, eh_proj,
     # embeddings, head or norms.
-    return name.endswith("_proj.weight") and ".eh_proj." not in name and name.startswith("model.layers.")
+    return (name.endswith(("_proj.weight", "_proj_with_mqa.weight")) and ".eh_proj." not in name
+            and name.startswith("model.layers."))
 
 
 # --------------------------------------------------------------------------- name mapping
@@ -158,14 +159,17 @@ def _pickle_message(path: Path) -> str:
             "with safe_serialization=True) and load that instead.")
 
 
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read {file}: {e}") from None
+
+
 def iter_checkpoint(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, fp32-or-native tensor) for every weight, FP8 weights already dequantised."""
     for file in _checkpoint_files(Path(path)):
-        try:
-            handle = safe_open(str(file), framework="pt")
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"cannot read {file}: {e}") from None
-        with handle as f:
+        with _open(file) as f:
             keys = set(f.keys())
             for key in sorted(keys):
                 if key.endswith("_scale_inv"):
@@ -182,7 +186,7 @@ def iter_checkpoint(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
 def checkpoint_keys(path: str | Path) -> set[str]:
     keys: set[str] = set()
     for file in _checkpoint_files(Path(path)):
-        with safe_open(str(file), framework="pt") as f:
+        with _open(file) as f:
             keys.update(k for k in f.keys() if not k.endswith("_scale_inv"))
     return keys
 
@@ -218,6 +222,7 @@ def load_state(model: DeepseekV3ForCausalLM, path: str | Path) -> None:
                 target = target[offset: offset + cfg.moe_intermediate_size]
         if tuple(tensor.shape) != tuple(target.shape):
             mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target.shape)}")
+            seen.add(slot)  # present, reported as a mismatch rather than as missing
             continue
         with torch.no_grad():
             target.copy_(tensor.to(target.dtype))
@@ -349,14 +354,15 @@ def save_pretrained(model: DeepseekV3ForCausalLM, path: str | Path, max_shard_si
     stale = list(path.glob("model*.safetensors")) + list(path.glob("model.safetensors.index.json"))
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards, strict=True):
         _atomic_write(path / name, safetensors_bytes(shard, metadata={"format": "pt"}))
     _atomic_write(path / "config.json", (json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n").encode())
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                 "weight_map": {k: n for n, shard in zip(names, shards) for k in shard}}
+                 "weight_map": {k: n for n, shard in zip(names, shards, strict=True) for k in shard}}
         _atomic_write(path / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
+    # Drop files of an earlier save with a different shard count; the new files are already in place.
+    keep = set(names) | ({"model.safetensors.index.json"} if len(shards) > 1 else set())
     for old in stale:
-        if old.name not in names and old.name != "model.safetensors.index.json" or (
-                old.name == "model.safetensors.index.json" and len(shards) == 1):
+        if old.name not in keep:
             old.unlink(missing_ok=True)

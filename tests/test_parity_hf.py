@@ -16,7 +16,8 @@ CONFIGS = {
     "yarn-qlora": dict(rope_scaling=YARN),
     "no-qlora": dict(q_lora_rank=None, num_hidden_layers=2, first_k_dense_replace=0, n_routed_experts=12,
                      n_group=3, topk_group=2, num_experts_per_tok=4, n_shared_experts=2),
-    "yarn-mscale-differs": dict(rope_scaling={**YARN, "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0, "mscale_all_dim": 0.5},
+    "yarn-mscale-differs": dict(rope_scaling={**YARN, "factor": 4.0, "original_max_position_embeddings": 64,
+                                              "mscale": 1.0, "mscale_all_dim": 0.5},
                                 hidden_size=48, num_attention_heads=3, qk_rope_head_dim=8, norm_topk_prob=False,
                                 routed_scaling_factor=1.7, rope_theta=500.0),
 }
