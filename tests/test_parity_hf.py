@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import micro_config, perturb
 
+from conftest import micro_config, perturb
 from r1lab import load_model
 from r1lab.model import DeepseekV3ForCausalLM
 
