@@ -114,24 +114,42 @@ def demo(args) -> int:
 # ------------------------------------------------------------------------- entry point
 
 COMMANDS = {"params": (add_params, params), "demo": (add_demo, demo)}
+# Other packages contribute their subcommands through a module-level COMMANDS dict of the same shape.
+_COMMAND_MODULES = ("r1lab.cli_data", "r1lab.train.cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _load_commands() -> dict:
+    import importlib
+
+    commands = dict(COMMANDS)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if not (name == e.name or name.startswith(f"{e.name}.")):  # a missing dependency, not the module
+                raise
+            continue
+        commands.update(module.COMMANDS)
+    return commands
+
+
+def build_parser(commands: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1lab", description="DeepSeek-R1, reproducible on a laptop.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add, _ in COMMANDS.values():
+    for add, _ in commands.values():
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    commands = _load_commands()
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        return COMMANDS[args.command][1](args) or 0
+        return commands[args.command][1](args) or 0
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"r1lab {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -171,8 +171,12 @@ class MLA(nn.Module):
         k_nope, v = self.kv_b_proj(c_kv).view(batch, seq, heads, -1).split([self.nope, self.v_dim], dim=-1)
         q = torch.cat((q_nope, q_pe), dim=-1).transpose(1, 2)
         k = torch.cat((k_nope, k_pe.unsqueeze(2).expand(-1, -1, heads, -1)), dim=-1).transpose(1, 2)
+        # SDPA's fused CPU kernel wants one head size for q, k and v; zero-padding v costs less than the
+        # unfused fallback and the padded output columns are dropped.
+        pad = q.shape[-1] - self.v_dim
+        v = F.pad(v, (0, pad)) if pad > 0 else v
         out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, scale=self.softmax_scale)
-        return out.transpose(1, 2)
+        return out[..., : self.v_dim].transpose(1, 2)
 
     def _absorbed(self, q_nope, q_pe, latent_all, mask):
         """Attend over the cached latent without expanding it.
@@ -255,15 +259,56 @@ class RoutedExperts(nn.Module):
         flat_experts = routing.experts.flatten()
         order = flat_experts.argsort(stable=True)  # (token, slot) pairs grouped by expert
         token_of = order // k
-        counts = torch.bincount(flat_experts, minlength=self.gate_up_proj.shape[0]).tolist()
-        outputs = []
-        for expert, chunk in enumerate(x[token_of].split(counts)):
-            if chunk.shape[0] == 0:
-                continue
-            gate, up = F.linear(chunk, self.gate_up_proj[expert]).chunk(2, dim=-1)
-            outputs.append(F.linear(F.silu(gate) * up, self.down_proj[expert]))
-        weighted = torch.cat(outputs) * routing.weights.flatten()[order].unsqueeze(-1)
+        counts = torch.zeros(self.gate_up_proj.shape[0], dtype=torch.long, device=x.device).scatter_add_(
+            0, flat_experts, torch.ones_like(flat_experts))  # bincount, but with a static output shape
+        grouped = x[token_of]
+        if _GROUPED_MM and x.dtype in (torch.float32, torch.bfloat16):
+            # One kernel per projection for all experts: rows [offs[e-1], offs[e]) use expert e's weights.
+            offs = counts.cumsum(0).to(torch.int32)
+            gate, up = _grouped_mm(grouped, self.gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
+            out = _grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs)
+        else:
+            # unbind (not indexing) so backward writes each expert's gradient once instead of one full-size
+            # zero tensor per expert.
+            gate_up, down, outputs = self.gate_up_proj.unbind(0), self.down_proj.unbind(0), []
+            for expert, chunk in enumerate(grouped.split(counts.tolist())):
+                if chunk.shape[0]:
+                    gate, up = F.linear(chunk, gate_up[expert]).chunk(2, dim=-1)
+                    outputs.append(F.linear(F.silu(gate) * up, down[expert]))
+            out = torch.cat(outputs)
+        weighted = out * routing.weights.flatten()[order].unsqueeze(-1).to(out.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, weighted.to(x.dtype))
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (grouped_mm's backward requires it)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return _ContiguousGrad.apply(torch._grouped_mm(x, w, offs=offs))
+
+
+def _grouped_mm_works() -> bool:
+    """torch._grouped_mm is private and its CPU support recent; use it only where it computes correctly."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        x, w = torch.randn(5, 4), torch.randn(2, 4, 3)
+        y = torch._grouped_mm(x, w, offs=torch.tensor([2, 5], dtype=torch.int32))
+        return torch.allclose(y, torch.cat((x[:2] @ w[0], x[2:] @ w[1])), atol=1e-5)
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+_GROUPED_MM = _grouped_mm_works()
 
 
 class MoE(nn.Module):
