@@ -1,0 +1,271 @@
+"""Countdown: combine the given numbers with + - * / to reach a target, each number used exactly once.
+
+This is the task of TinyZero and of the feasibility run in REFERENCE.md section 8: the answer is an expression,
+many expressions are right, and checking one is cheap and exact. We require every number to be used (as TinyZero
+does), which makes the puzzle well defined for any generator. The generator builds a random expression tree
+whose every intermediate result is a positive whole number (the game's rules), so the trace is simply those
+intermediate steps in the order they were made, one `a op b = c` per line, then the whole expression.
+
+The verifier never calls `eval`: `parse_expression` is a small recursive-descent parser over numbers,
++ - * /, and parentheses, computing exactly with fractions. Unary minus is refused (negative numbers are not in
+the game), and so is anything else.
+"""
+
+from __future__ import annotations
+
+import operator
+import random
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .answers import final_answer, format_solution
+from .base import Family, Problem
+
+NAME = "countdown"
+# difficulty -> (how many numbers, largest number, operators, largest target)
+_SETTINGS = {
+    1: (2, 10, "+-*", 100),
+    2: (3, 10, "+-*", 100),
+    3: (3, 20, "+-*/", 200),
+    4: (4, 25, "+-*/", 500),
+    5: (5, 25, "+-*/", 999),
+}
+LEVELS = {d: f"{n} numbers up to {top}, {' '.join(ops)}, target up to {t}" for d, (n, top, ops, t) in
+          _SETTINGS.items()}
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+_OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+_SYMBOLS = {"×": "*", "·": "*", "\\times": "*", "\\cdot": "*", "÷": "/", "\\div": "/", "\u2212": "-",
+            "\\left(": "(", "\\right)": ")"}
+_TOKEN = re.compile(r"\s*(\d+|[-+*/()])")
+_MAX_LENGTH = 200  # characters; bounds the parser's recursion depth
+
+
+class ExpressionError(ValueError):
+    """Text that is not an arithmetic expression over whole numbers, or divides by zero."""
+
+
+@dataclass(frozen=True)
+class _Node:
+    value: int
+    op: str = ""
+    left: _Node | None = None
+    right: _Node | None = None
+
+    def text(self, parent_op: str = "", right_side: bool = False) -> str:
+        """Infix text with only the parentheses precedence needs."""
+        if not self.op:
+            return str(self.value)
+        inner = f"{self.left.text(self.op)} {self.op} {self.right.text(self.op, True)}"
+        if parent_op and (_PRECEDENCE[self.op] < _PRECEDENCE[parent_op]
+                          or (right_side and _PRECEDENCE[self.op] == _PRECEDENCE[parent_op] and parent_op in "-/")):
+            return f"({inner})"
+        return inner
+
+
+def make(numbers: list[int], target: int, expression: str, difficulty: int = 0) -> Problem:
+    """The puzzle `numbers -> target` with one known solution.
+
+    >>> make([7, 3, 5, 2], 24, "7 * 3 + 5 - 2").prompt
+    'Make 24 from 7, 3, 5, 2 using + - * / and each number exactly once.'
+    """
+    value, used = parse_expression(expression)
+    if value != target or sorted(used) != sorted(numbers):
+        raise ValueError(f"{expression!r} does not make {target} from {numbers}")
+    prompt = f"Make {target} from {', '.join(map(str, numbers))} using + - * / and each number exactly once."
+    return Problem(NAME, difficulty, prompt, expression, {"numbers": list(numbers), "target": target})
+
+
+def sample(rng: random.Random, difficulty: int) -> Problem:
+    count, top, ops, max_target = _SETTINGS[difficulty]
+    while True:
+        numbers = [rng.randint(1, top) for _ in range(count)]
+        pool = [_Node(n) for n in numbers]
+        while len(pool) > 1:
+            left, right = (pool.pop(rng.randrange(len(pool))) for _ in range(2))
+            pool.append(_combine(rng, left, right, ops))
+        tree = pool[0]
+        if 1 <= tree.value <= max_target and tree.value not in numbers:
+            return make(numbers, tree.value, tree.text(), difficulty)
+
+
+def key(problem: Problem) -> str:
+    m = problem.metadata
+    return f"{sorted(m['numbers'])} -> {m['target']}"
+
+
+def solution(problem: Problem) -> str:
+    """The reference trace: the steps of the known solution, innermost first.
+
+    >>> print(solution(make([7, 3, 5, 2], 24, "7 * 3 + 5 - 2")))
+    <think>
+    7 * 3 = 21
+    21 + 5 = 26
+    26 - 2 = 24
+    </think>
+    Answer: 7 * 3 + 5 - 2
+    """
+    steps: list[str] = []
+    _, _ = parse_expression(problem.answer, steps=steps)
+    return format_solution(steps, problem.answer)
+
+
+def score(problem: Problem, completion: str) -> float:
+    """1.0 when the final answer is an expression that uses each given number once and equals the target.
+
+    Accepted: the bare expression, `expression = target`, `target = expression`, x or \\times for *, \\div for /.
+
+    >>> p = make([7, 3, 5, 2], 24, "7 * 3 + 5 - 2")
+    >>> [score(p, c) for c in ("Answer: (5 - 2) + 7 * 3", "</think>\\n7×3+5−2 = 24.", "24 = 3 * 7 + 5 - 2",
+    ...                        "</think>\\n$\\\\boxed{(7 \\\\times 3) + (5 - 2)}$")]
+    [1.0, 1.0, 1.0, 1.0]
+    >>> [score(p, c) for c in ("7 * 3 + 5", "7 * 3 + 5 - 2 + 0", "7 * 3 + 5 - 2 = 25", "7 * 3 + 2 - 5",
+    ...                        "-2 + 5 + 7 * 3", "24", "<think>\\n7 * 3 = 21", "7 * 3 + (5 - 2", "7 * 3 / 0 + 5 - 2")]
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    candidate = final_answer(completion)
+    if candidate is None:
+        return 0.0
+    for old, new in _SYMBOLS.items():
+        candidate = candidate.replace(old, new)
+    candidate = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", candidate)
+    sides = [s.strip() for s in candidate.split("=")]
+    if len(sides) > 2:
+        return 0.0
+    target, numbers = problem.metadata["target"], sorted(problem.metadata["numbers"])
+    for expression, stated in ((sides[0], sides[1:]), (sides[-1], sides[:-1])):
+        if stated and stated[0] != str(target):
+            continue
+        try:
+            value, used = parse_expression(expression)
+        except ExpressionError:
+            continue
+        if value == target and sorted(used) == numbers:
+            return 1.0
+    return 0.0
+
+
+def parse_expression(text: str, *, unary_minus: bool = False, steps: list[str] | None = None
+                     ) -> tuple[Fraction, list[int]]:
+    """Value and the numbers used, in order, of an infix expression; never `eval`.
+
+    `steps`, when given, receives one `a op b = c` line per operation in evaluation order.
+
+    >>> parse_expression("(25 - 5) / 4 * 3")
+    (Fraction(15, 1), [25, 5, 4, 3])
+    >>> parse_expression("2 - -3", unary_minus=True)
+    (Fraction(5, 1), [2, 3])
+    >>> for bad in ("2 - -3", "2 ** 3", "__import__('os')", "1 / (2 - 2)", "(1 + 2", "1 2", "", "007"):
+    ...     try:
+    ...         parse_expression(bad)
+    ...     except ExpressionError as e:
+    ...         print("rejected:", e)
+    rejected: expected a number or '(', found '-'
+    rejected: expected a number or '(', found '*'
+    rejected: unexpected character at position 0
+    rejected: division by zero
+    rejected: missing ')'
+    rejected: unexpected '2' after the expression
+    rejected: empty expression
+    rejected: number with a leading zero: 007
+    """
+    if len(text) > _MAX_LENGTH:
+        raise ExpressionError(f"longer than {_MAX_LENGTH} characters")
+    tokens, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            if text[pos:].strip() == "":
+                break
+            raise ExpressionError(f"unexpected character at position {pos}")
+        tokens.append(m.group(1))
+        pos = m.end()
+    if not tokens:
+        raise ExpressionError("empty expression")
+    parser = _Parser(tokens, unary_minus, steps)
+    value = parser.expression()
+    if parser.i != len(tokens):
+        raise ExpressionError(f"unexpected {tokens[parser.i]!r} after the expression")
+    return value, parser.numbers
+
+
+class _Parser:
+    """expression := term (('+' | '-') term)*;  term := factor (('*' | '/') factor)*;
+    factor := NUMBER | '(' expression ')' | '-' factor (only with unary_minus)."""
+
+    def __init__(self, tokens: list[str], unary_minus: bool, steps: list[str] | None):
+        self.tokens, self.i, self.unary_minus, self.steps = tokens, 0, unary_minus, steps
+        self.numbers: list[int] = []
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def expression(self) -> Fraction:
+        value = self.term()
+        while self.peek() in ("+", "-"):
+            op = self.tokens[self.i]
+            self.i += 1
+            value = self.apply(value, op, self.term())
+        return value
+
+    def term(self) -> Fraction:
+        value = self.factor()
+        while self.peek() in ("*", "/"):
+            op = self.tokens[self.i]
+            self.i += 1
+            value = self.apply(value, op, self.factor())
+        return value
+
+    def factor(self) -> Fraction:
+        token = self.peek()
+        self.i += 1
+        if token == "(":
+            value = self.expression()
+            if self.peek() != ")":
+                raise ExpressionError("missing ')'")
+            self.i += 1
+            return value
+        if token == "-" and self.unary_minus:
+            return -self.factor()
+        if token is None or not token.isdigit():
+            raise ExpressionError(f"expected a number or '(', found {token or 'the end'!r}")
+        if len(token) > 1 and token[0] == "0":
+            raise ExpressionError(f"number with a leading zero: {token}")
+        self.numbers.append(int(token))
+        return Fraction(int(token))
+
+    def apply(self, a: Fraction, op: str, b: Fraction) -> Fraction:
+        if op == "/" and b == 0:
+            raise ExpressionError("division by zero")
+        value = _OPERATIONS[op](a, b)
+        if self.steps is not None:
+            self.steps.append(f"{_fmt(a)} {op} {_fmt(b)} = {_fmt(value)}")
+        return value
+
+
+def _fmt(x: Fraction) -> str:
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def _combine(rng: random.Random, a: _Node, b: _Node, ops: str) -> _Node:
+    """One game move on two numbers: any operation whose result is a positive whole number."""
+    a, b = (a, b) if a.value >= b.value else (b, a)
+    choices = ["+", "*"]
+    if a.value > b.value:
+        choices.append("-")
+    if "/" in ops and b.value > 1 and a.value % b.value == 0:
+        choices.append("/")
+    op = rng.choice([c for c in choices if c in ops])
+    value = int(_OPERATIONS[op](a.value, b.value))
+    if op in "+*" and rng.random() < 0.5:
+        a, b = b, a  # commutative: either order reads naturally
+    return _Node(value, op, a, b)
+
+
+FAMILY = Family(NAME, "reach the target with the given numbers, each used once", LEVELS, sample, key, solution,
+                score)
+
+
+def generate(seed: int, difficulty: int, split: str = "train") -> Problem:
+    """A seeded problem; see `Family.generate`."""
+    return FAMILY.generate(seed, difficulty, split)

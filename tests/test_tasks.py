@@ -1,0 +1,348 @@
+"""The task library: reference traces verify, verifiers are strict but forgiving of form, splits are disjoint."""
+
+import argparse
+import json
+import re
+import threading
+from fractions import Fraction
+
+import pytest
+
+from r1lab import cli_data
+from r1lab.data import read_jsonl
+from r1lab.tasks import (
+    FAMILIES,
+    Problem,
+    TaskError,
+    arithmetic,
+    countdown,
+    final_answer,
+    follows_format,
+    generate,
+    get_family,
+    linear,
+    problems,
+    score,
+    shortest_path,
+    solution,
+    split_of,
+    to_row,
+)
+from r1lab.tasks.countdown import ExpressionError, parse_expression
+
+# ------------------------------------------------------------------ reference traces
+
+
+def _thousand(name):
+    family = FAMILIES[name]
+    per_level = 1000 // len(family.levels)
+    return [p for d in family.levels for p in problems(name, d, "train", per_level, seed=7, unique=False)]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_reference_trace_scores_one_on_1000_problems(name):
+    batch = _thousand(name)
+    assert len(batch) == 1000
+    for p in batch:
+        trace = solution(p)
+        assert trace.startswith("<think>\n") and "\n</think>\nAnswer: " in trace
+        assert score(p, trace) == 1.0, (p.prompt, trace)
+        completion = trace.removeprefix("<think>\n")  # what a model writes after the generation prompt
+        assert score(p, completion) == 1.0 and follows_format(completion)
+        assert final_answer(trace) == p.answer
+
+
+def _equal_parts(line):
+    """Every comma-separated clause `e1 = e2 = ...` whose sides are plain arithmetic must agree."""
+    for clause in line.split(","):
+        values = []
+        for side in clause.split("="):
+            try:
+                values.append(parse_expression(side, unary_minus=True)[0])
+            except ExpressionError:
+                pass
+        assert len(set(values)) <= 1, line
+
+
+@pytest.mark.parametrize("name", ["arithmetic", "countdown", "linear"])
+def test_every_arithmetic_claim_in_traces_is_true(name):
+    for p in _thousand(name)[::5]:
+        for line in solution(p).split("\n")[1:-2]:
+            _equal_parts(line)
+
+
+def test_linear_trace_lines_are_equivalent_equations():
+    # every "lhs = rhs" line with x must hold at the root
+    for p in _thousand("linear")[::5]:
+        root = Fraction(p.answer)
+        for line in solution(p).split("\n")[1:-2]:
+            lhs, rhs = line.split(" = ")
+            at_root = [_eval_at(side, root) for side in (lhs, rhs)]
+            assert at_root[0] == at_root[1], (p.prompt, line)
+
+
+def _eval_at(side, x):
+    text = re.sub(r"(\d)\(", r"\1*(", side)
+    text = re.sub(r"(\d)x", r"\1*X", text).replace("-x", "-1*X").replace("x", "X")
+    text = text.replace("X", f"({x.numerator}/{x.denominator})")
+    return parse_expression(text, unary_minus=True)[0]
+
+
+def test_shortest_path_trace_follows_the_edges_and_is_optimal():
+    for p in _thousand("shortest_path")[::5]:
+        weights = {}
+        for u, v, w in shortest_path.edges_of(p.prompt):
+            weights[u, v] = weights[v, u] = w
+        settled = {}
+        for line in solution(p).split("\n")[1:-2]:
+            if line == "A = 0":
+                settled["A"] = 0
+                continue
+            node, before, w, dist, via = re.fullmatch(r"(\w) = (\d+) \+ (\d+) = (\d+) via (\w)", line).groups()
+            assert settled[via] == int(before) and weights[via, node] == int(w) and dist == str(int(before) + int(w))
+            assert int(dist) >= max(settled.values())  # Dijkstra settles in order of distance
+            settled[node] = int(dist)
+        assert settled[p.metadata["target"]] == int(p.answer) == _bellman_ford(weights)[p.metadata["target"]]
+
+
+def _bellman_ford(weights):
+    dist = {u: float("inf") for u, _ in weights} | {"A": 0}
+    for _ in dist:
+        for (u, v), w in weights.items():
+            dist[v] = min(dist[v], dist[u] + w)
+    return dist
+
+
+def test_arithmetic_answers_are_the_true_results():
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    for p in _thousand("arithmetic"):
+        m = p.metadata
+        assert int(p.answer) == ops[m["op"]](m["a"], m["b"])
+
+
+def test_difficulty_grows_and_traces_stay_short():
+    for name, family in FAMILIES.items():
+        lengths = [sum(len(solution(family.generate(s, d))) for s in range(50)) for d in family.levels]
+        assert lengths == sorted(lengths) or name == "linear", (name, lengths)  # linear 5 has no bracket step
+        assert max(len(solution(family.generate(s, max(family.levels))).split()) for s in range(50)) < 200
+
+
+# ------------------------------------------------------------------ verifiers
+
+
+ACCEPT = {
+    "arithmetic": (arithmetic.make(347, "-", 985), "-638", [
+        "Answer: -638", "-638", "  \n-638\n", "</think>\n\nAnswer:-638.", "</think>\nThe answer is **-638**",
+        "</think>\n$\\boxed{-638}$", "</think>\nAnswer: -638<｜end▁of▁sentence｜>", "steps\n</think>\n-638.0",
+        "</think>\nFinal answer: <answer>-638</answer>", "</think>\nAnswer: \u2212638",
+    ]),
+    "countdown": (countdown.make([25, 5, 4, 3], 15, "(25 - 5) / 4 * 3"), "15", [
+        "Answer: (25 - 5) / 4 * 3", "3 * (25 - 5) / 4", "</think>\n(25-5)÷4×3 = 15", "15 = 3*(25-5)/4",
+        "</think>\n\\boxed{\\frac{}{}}".replace("\\frac{}{}", "(25 - 5) \\div 4 \\times 3"), "((25 - 5) / 4) * 3.",
+        "</think>\n**Answer:** 3 x (25 - 5) / 4",
+    ]),
+    "linear": (linear.make(2, 7, -2, 12), "5/4", [
+        "Answer: 5/4", "x = 5/4", "1.25", "</think>\nx=\\frac{5}{4}", "10/8", "</think>\n\\boxed{\\dfrac{5}{4}}",
+        "</think>\nSo the root is\nAnswer: x = 1.25",
+    ]),
+    "shortest_path": (shortest_path.make([("A", "B", 4), ("A", "C", 1), ("B", "C", 2), ("B", "D", 5)], "D"), "8", [
+        "Answer: 8", "8", "</think>\nThe shortest distance is 8.", "</think>\n\\boxed{8}", "D = 8",
+    ]),
+}
+
+REJECT = {
+    "arithmetic": ["Answer: 638", "Answer: -63", "<think>\n7 - 5 = 2, write", "5 - 8 < 0, borrow 1\n15 - 8 = 7",
+                   "", "Answer:", "</think>", "Answer: -638 or -637", "</think>\n\\boxed{-638", "-638-",
+                   "</think>\nAnswer: 6-38", "A</think>B</think>"],
+    "countdown": ["Answer: 25 - 5 - 4 - 3 + 2", "(25 - 5) / 4 * 3 = 16", "25 - 5 - 4 - 1", "15",
+                  "(25 - 5) / 4", "25 / 5 * 3 * 4 - 3 * 15", "-(5 - 25) / 4 * 3", "(25 - 5) / 4 * 3 * 1",
+                  "<think>\n25 - 5 = 20", "__import__('os').system('true')", "(25 - 5) / (4 - 4) * 3",
+                  "(25 - 5 / 4 * 3", "(25 - 5) / 4 ** 3", "(25 - 05) / 4 * 3", "2" * 300],
+    "linear": ["Answer: 4/5", "x = 1", "1.2", "x = 5/4 + 1", "<think>\nx = 5/4", "", "Answer: x", "5/0"],
+    "shortest_path": ["Answer: 9", "A-C-B-D", "8 via B", "<think>\nA = 0\nC = 0 + 1 = 1 via A", "Answer: 7"],
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_verifier_accepts_equivalent_forms(name):
+    problem, answer, completions = ACCEPT[name]
+    assert problem.answer == answer or name == "countdown"
+    for c in completions:
+        assert score(problem, c) == 1.0, c
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_verifier_rejects_wrong_truncated_and_malformed(name):
+    problem = ACCEPT[name][0]
+    for c in REJECT[name]:
+        assert score(problem, c) == 0.0, c
+
+
+def test_truncated_reference_traces_never_score():
+    for name in FAMILIES:
+        for p in _thousand(name)[::50]:
+            trace = solution(p)
+            for end in range(0, trace.index("</think>"), 3):
+                assert score(p, trace[:end]) == 0.0, (p.prompt, trace[:end])  # thinking opened, never closed
+                # without the opening tag (it sits in the prompt), a cut past the first line is still no answer;
+                # a first line alone may be a right bare answer ("5 * 7" for Countdown 5, 7 -> 35)
+                completion = trace[len("<think>\n"):end]
+                if "\n" in completion.strip():
+                    assert score(p, completion) == 0.0, (p.prompt, completion)
+
+
+def test_math_verify_reads_latex_in_the_main_thread_only():
+    pytest.importorskip("math_verify")
+    p = arithmetic.make(2, "*", 8)
+    completion = "2 * 8 = 16\n</think>\nAnswer: $\\sqrt{256}$"
+    assert score(p, completion) == 1.0
+    assert score(p, completion.replace("256", "255")) == 0.0
+    assert score(p, "Answer: \\sqrt{256}") == 0.0  # no closed reasoning: our parser only
+    result = []
+    worker = threading.Thread(target=lambda: result.append(score(p, completion)))
+    worker.start()
+    worker.join()
+    assert result == [0.0]  # no signal.alarm off the main thread: unverified, not a crash
+
+
+def test_format_check():
+    assert follows_format("7 + 8 = 15\n</think>\nAnswer: 15")
+    assert not follows_format("7 + 8 = 15\nAnswer: 15")
+    assert not follows_format("7 + 8 = 15\n</think>\n")
+    assert not follows_format("<think>\n<think>7</think>\nAnswer: 15")
+
+
+# ------------------------------------------------------------------ generation and splits
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_generation_is_deterministic_by_seed(name):
+    family = FAMILIES[name]
+    for d in family.levels:
+        assert family.generate(3, d) == family.generate(3, d)
+        assert family.generate(3, d, "heldout") == family.generate(3, d, "heldout")
+        assert len({family.generate(s, d).prompt for s in range(20)}) > 10
+        first = [p.prompt for p in problems(name, d, "train", 30, seed=1)]
+        assert first == [p.prompt for p in problems(name, d, "train", 30, seed=1)]
+        assert first != [p.prompt for p in problems(name, d, "train", 30, seed=2)]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_no_heldout_prompt_occurs_in_train(name):
+    family = FAMILIES[name]
+    train, heldout = set(), set()
+    for d in family.levels:
+        for seed in range(2):
+            train |= {p.prompt for p in problems(name, d, "train", 400, seed=seed, unique=False)}
+            heldout |= {p.prompt for p in problems(name, d, "heldout", 100, seed=seed, unique=False)}
+    assert len(heldout) > 100 and len(train) > 1000
+    assert not train & heldout
+    # by construction: the split is a function of the problem's key, whatever seed or difficulty drew it
+    for d in family.levels:
+        for p in problems(name, d, "heldout", 20, seed=5, unique=False):
+            assert split_of(name, family.key(p)) == "heldout"
+
+
+def test_split_is_by_content_not_by_prompt_order():
+    # the same Countdown numbers in another order are the same problem, so they share one split
+    a = countdown.make([7, 3, 5, 2], 24, "7 * 3 + 5 - 2")
+    b = countdown.make([2, 5, 3, 7], 24, "3 * 7 - 2 + 5")
+    assert countdown.key(a) == countdown.key(b)
+
+
+def test_heldout_is_about_a_tenth():
+    keys = [f"{a} + {b}" for a in range(100) for b in range(20)]
+    share = sum(split_of("arithmetic", k) == "heldout" for k in keys) / len(keys)
+    assert 0.07 < share < 0.13
+
+
+def test_unique_problems_and_small_spaces():
+    batch = list(problems("countdown", 2, "train", 300, seed=0))
+    assert len({countdown.key(p) for p in batch}) == 300
+    with pytest.raises(TaskError, match="only .* distinct"):
+        list(problems("arithmetic", 1, "heldout", 100, seed=0))
+    assert len(list(problems("arithmetic", 1, "heldout", 100, seed=0, unique=False))) == 100
+
+
+def test_rows_round_trip_to_problems():
+    p = generate("linear", seed=4, difficulty=5)
+    row = json.loads(json.dumps(to_row(p, "train")))
+    assert {"task", "difficulty", "prompt", "answer", "solution", "split"} <= row.keys()
+    again = Problem.from_dict(row)
+    assert again == p and score(again, row["solution"]) == 1.0
+
+
+def test_bad_names_list_the_valid_ones():
+    with pytest.raises(TaskError, match="arithmetic, countdown, linear, shortest_path"):
+        get_family("knights")
+    with pytest.raises(TaskError, match="choose one of: 1, 2, 3, 4, 5"):
+        generate("countdown", 0, 6)
+    with pytest.raises(TaskError, match="train, heldout"):
+        generate("countdown", 0, 1, split="test")
+    with pytest.raises(ValueError):
+        countdown.make([1, 2], 4, "1 + 2")  # the stated solution must be right
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _run(*argv):
+    parser = argparse.ArgumentParser(prog="r1lab")
+    sub = parser.add_subparsers(dest="command")
+    for add, _ in cli_data.COMMANDS.values():
+        add(sub)
+    args = parser.parse_args(list(argv))
+    return cli_data.COMMANDS[args.command][1](args)
+
+
+def test_cli_tasks_list(capsys):
+    assert _run("tasks", "list") == 0
+    out = capsys.readouterr().out
+    for name, family in FAMILIES.items():
+        assert f"{name}: " in out
+        assert all(meaning in out for meaning in family.levels.values())
+    assert out.count("example (difficulty") == len(FAMILIES)
+    assert _run("tasks", "list", "--json") == 0
+    assert set(json.loads(capsys.readouterr().out)) == set(FAMILIES)
+
+
+def test_cli_tasks_show(capsys):
+    assert _run("tasks", "show", "--task", "shortest_path", "--difficulty", "3", "--seed", "2") == 0
+    assert "verifier score of the solution: 1.0" in capsys.readouterr().out
+
+
+def test_cli_data_make(tmp_path, capsys):
+    train, heldout, again = tmp_path / "train.jsonl", tmp_path / "held.jsonl", tmp_path / "again.jsonl"
+    common = ["--task", "countdown", "--difficulty", "3", "--n", "200", "--seed", "1"]
+    assert _run("data", "make", *common, "--split", "train", "--out", str(train)) == 0
+    assert _run("data", "make", *common, "--split", "train", "--out", str(again)) == 0
+    assert _run("data", "make", *common, "--split", "heldout", "--out", str(heldout)) == 0
+    assert "wrote 200 countdown problems" in capsys.readouterr().out
+    assert train.read_bytes() == again.read_bytes()
+    rows = list(read_jsonl(train))
+    assert len(rows) == 200 and rows[0]["task"] == "countdown" and rows[0]["split"] == "train"
+    assert all(score(Problem.from_dict(r), r["solution"]) == 1.0 for r in rows)
+    assert not {r["prompt"] for r in rows} & {r["prompt"] for r in read_jsonl(heldout)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.jsonl", "held.jsonl", "train.jsonl"]
+
+
+def test_cli_data_make_errors_leave_no_file(tmp_path):
+    out = tmp_path / "x.jsonl"
+    with pytest.raises(ValueError, match="unknown task 'sudoku'; choose one of: arithmetic"):
+        _run("data", "make", "--task", "sudoku", "--difficulty", "1", "--split", "train", "--n", "5", "--out", str(out))
+    with pytest.raises(ValueError, match="choose one of: 1, 2, 3, 4, 5"):
+        _run("data", "make", "--task", "linear", "--difficulty", "0", "--split", "train", "--n", "5", "--out", str(out))
+    with pytest.raises(ValueError, match="distinct"):
+        _run("data", "make", "--task", "arithmetic", "--difficulty", "1", "--split", "heldout", "--n", "500",
+             "--out", str(out))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["tasks"], ["tasks", "list"], ["tasks", "show"], ["data"], ["data", "make"],
+                                  ["tokenizer", "train"], ["tokenizer", "encode"]])
+def test_cli_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        _run(*argv, "--help")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: r1lab " + " ".join(argv) in out and len(out) > 200
