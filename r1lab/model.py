@@ -467,12 +467,13 @@ class DeepseekV3ForCausalLM(nn.Module):
     # ---------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: LatentCache | None = None, mtp: bool = False,
-                logits_to_keep: int | None = None) -> CausalLMOutput:
+                logits_to_keep: int | torch.Tensor | None = None) -> CausalLMOutput:
         """input_ids [B, T] -> logits [B, T, vocab].
 
-        positions default to 0..T-1, or continue from `cache.length`. With a cache, attention runs on the
-        absorbed path over the cached latent. `mtp=True` also runs the MTP modules (training); `logits_to_keep`
-        computes logits for the last N positions only (decoding).
+        positions default to 0..T-1, or continue from `cache.length`. With a cache (a `LatentCache`, or any
+        object with the same `update`/`advance` contract such as the engine's paged cache), attention runs on the
+        absorbed path over the cached latent. `mtp=True` also runs the MTP modules (training). `logits_to_keep`
+        limits the head to the last N positions (an int) or to one position per row (a LongTensor [B]).
         """
         seq = input_ids.shape[1]
         if positions is None:
@@ -486,7 +487,12 @@ class DeepseekV3ForCausalLM(nn.Module):
         h = self.model.norm(h)
         if cache is not None:
             cache.advance(seq)
-        kept = h if logits_to_keep is None else h[:, -logits_to_keep:]
+        if logits_to_keep is None:
+            kept = h
+        elif isinstance(logits_to_keep, torch.Tensor):
+            kept = h[torch.arange(h.shape[0], device=h.device), logits_to_keep].unsqueeze(1)
+        else:
+            kept = h[:, -logits_to_keep:]
         logits = self.lm_head(kept)
 
         mtp_logits = []
@@ -504,6 +510,16 @@ class DeepseekV3ForCausalLM(nn.Module):
             for m in self.moe_layers():
                 m.balance_loss = None
         return CausalLMOutput(logits, h, mtp_logits, balance)
+
+    def mtp_step(self, hidden: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor, cache,
+                 depth: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run MTP module `depth` for drafting: h_i and token i+1 at position i -> (logits for token i+2, h').
+
+        The module's attention has its own layer in the cache (index num_hidden_layers + depth).
+        """
+        cos, sin = self.rotary(positions, hidden.dtype)
+        out = self.mtp[depth](hidden, self.model.embed_tokens(next_ids), cos, sin, cache)
+        return self.lm_head(out), out
 
     def save_pretrained(self, path, **kwargs) -> None:
         from .checkpoint import save_pretrained
