@@ -42,6 +42,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op
         # Normalise in fp32 (bf16 sums of squares lose precision), scale in the input dtype.
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.to(x.dtype)
@@ -188,13 +190,19 @@ class MLA(nn.Module):
         """
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope + self.v_dim, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope:]
+        batch, seq, heads, _ = q_nope.shape
         q_latent = torch.einsum("bthd,hdc->bthc", q_nope, w_uk)
-        q = torch.cat((q_latent, q_pe), dim=-1).transpose(1, 2)  # [B, H, T, C+R]
-        k = latent_all.unsqueeze(1)  # [B, 1, S, C+R], one "KV head" shared by all query heads
-        v = k[..., : self.kv_lora_rank]
-        out_latent = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale,
-                                                    enable_gqa=True)  # [B, H, T, C]
-        return torch.einsum("bhtc,hdc->bthd", out_latent, w_uv)
+        # All heads share one key per position, so heads and query positions stack into the rows of a single
+        # matmul per sequence: [B, T*H, C+R] x [B, C+R, S].
+        q = torch.cat((q_latent, q_pe), dim=-1).reshape(batch, seq * heads, -1)
+        scores = torch.matmul(q, latent_all.transpose(1, 2)).float() * self.softmax_scale  # [B, T*H, S]
+        if mask.dim() == 2:  # [T, S] (contiguous cache) or [B, 1, T, S] (paged cache)
+            mask = mask[None, None]
+        mask = mask.reshape(mask.shape[0], mask.shape[-2], 1, mask.shape[-1])  # [B|1, T, 1, S]
+        scores = scores.view(batch, seq, heads, -1).masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(latent_all.dtype).view(batch, seq * heads, -1)
+        out_latent = torch.matmul(probs, latent_all[..., : self.kv_lora_rank]).view(batch, seq, heads, -1)
+        return torch.einsum("bthc,hdc->bthd", out_latent, w_uv)
 
 
 # --------------------------------------------------------------------------- feed-forward and MoE
@@ -257,12 +265,23 @@ class RoutedExperts(nn.Module):
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         num_tokens, k = routing.experts.shape
         flat_experts = routing.experts.flatten()
+        if num_tokens * k <= self.gate_up_proj.shape[0]:
+            # Few (token, expert) pairs, as in decoding: copying the chosen experts' weights costs less than
+            # sorting and dispatching, and one batched matmul per projection serves all pairs.
+            pairs = x.unsqueeze(1).expand(-1, k, -1).reshape(-1, 1, x.shape[-1])
+            # (index_select, not fancy indexing: the latter is several times slower on CPU)
+            gate_up = self.gate_up_proj.index_select(0, flat_experts).transpose(1, 2)
+            gate, up = torch.bmm(pairs, gate_up).chunk(2, dim=-1)
+            out = torch.bmm(F.silu(gate) * up, self.down_proj.index_select(0, flat_experts).transpose(1, 2))
+            return (out.view(num_tokens, k, -1) * routing.weights.unsqueeze(-1).to(out.dtype)).sum(1).to(x.dtype)
         order = flat_experts.argsort(stable=True)  # (token, slot) pairs grouped by expert
         token_of = order // k
         counts = torch.zeros(self.gate_up_proj.shape[0], dtype=torch.long, device=x.device).scatter_add_(
             0, flat_experts, torch.ones_like(flat_experts))  # bincount, but with a static output shape
-        grouped = x[token_of]
-        if _GROUPED_MM and x.dtype in (torch.float32, torch.bfloat16):
+        grouped = x.index_select(0, token_of)
+        # grouped_mm needs 16-byte aligned rows, so both matrix widths must be multiples of 8 elements.
+        aligned = x.shape[-1] % 8 == 0 and self.down_proj.shape[-1] % 8 == 0
+        if _GROUPED_MM and aligned and x.dtype in (torch.float32, torch.bfloat16):
             # One kernel per projection for all experts: rows [offs[e-1], offs[e]) use expert e's weights.
             offs = counts.cumsum(0).to(torch.int32)
             gate, up = _grouped_mm(grouped, self.gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
@@ -276,7 +295,7 @@ class RoutedExperts(nn.Module):
                     gate, up = F.linear(chunk, gate_up[expert]).chunk(2, dim=-1)
                     outputs.append(F.linear(F.silu(gate) * up, down[expert]))
             out = torch.cat(outputs)
-        weighted = out * routing.weights.flatten()[order].unsqueeze(-1).to(out.dtype)
+        weighted = out * routing.weights.flatten().index_select(0, order).unsqueeze(-1).to(out.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, weighted.to(x.dtype))
 
 
@@ -301,9 +320,9 @@ def _grouped_mm_works() -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
     try:
-        x, w = torch.randn(5, 4), torch.randn(2, 4, 3)
-        y = torch._grouped_mm(x, w, offs=torch.tensor([2, 5], dtype=torch.int32))
-        return torch.allclose(y, torch.cat((x[:2] @ w[0], x[2:] @ w[1])), atol=1e-5)
+        x, w = torch.randn(16, 8), torch.randn(2, 8, 8)
+        y = torch._grouped_mm(x, w, offs=torch.tensor([5, 16], dtype=torch.int32))
+        return torch.allclose(y, torch.cat((x[:5] @ w[0], x[5:] @ w[1])), atol=1e-5)
     except (RuntimeError, NotImplementedError):
         return False
 

@@ -45,7 +45,8 @@ class PagedLatentCache:
     def update(self, layer_idx: int, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.kv[layer_idx]
         layer.index_copy_(0, self._slots, latent.reshape(-1, latent.shape[-1])[self._write].to(layer.dtype))
-        return layer[self._gather], self._mask
+        batch, span = self._gather.shape
+        return layer.index_select(0, self._gather.flatten()).view(batch, span, -1), self._mask
 
     def advance(self, num_tokens: int) -> None:  # positions are explicit; nothing to track
         pass
@@ -63,24 +64,22 @@ class ModelRunner:
         """Token ids, positions, slots and block tables for the batch, right-padded to [B, T]."""
         seqs, counts = batch.seqs, batch.num_tokens
         width = max(counts)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        positions = torch.zeros(len(seqs), width, dtype=torch.long)
-        slots = torch.full((len(seqs), width), -1, dtype=torch.long)
         max_blocks = max(len(s.block_table) for s in seqs)
-        tables = torch.zeros(len(seqs), max_blocks, dtype=torch.long)
-        context = torch.zeros(len(seqs), dtype=torch.long)
+        bs = self.block_size
+        ids, positions, slots, tables, context = [], [], [], [], []
         for row, (seq, n) in enumerate(zip(seqs, counts, strict=True)):
             start = seq.num_computed
             tokens = seq.all_ids[start:start + n] if extra_tokens is None else extra_tokens[row]
-            pos = torch.arange(start, start + n)
-            ids[row, :n] = torch.tensor(tokens)
-            positions[row, :n] = pos
-            positions[row, n:] = start + n - 1  # padding queries look at the real context (output dropped)
-            table = torch.tensor(seq.block_table)
-            slots[row, :n] = table[pos // self.block_size] * self.block_size + pos % self.block_size
-            tables[row, :len(seq.block_table)] = table
-            context[row] = start + n
-        return ids, positions, slots, tables, context
+            table = seq.block_table
+            pad = width - n
+            ids.append(list(tokens) + [0] * pad)
+            # padding queries look at the real context; their outputs are dropped
+            positions.append(list(range(start, start + n)) + [start + n - 1] * pad)
+            slots.append([table[p // bs] * bs + p % bs for p in range(start, start + n)] + [-1] * pad)
+            tables.append(table + [0] * (max_blocks - len(table)))
+            context.append(start + n)
+        return (torch.tensor(ids), torch.tensor(positions), torch.tensor(slots), torch.tensor(tables),
+                torch.tensor(context))
 
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch, all_logits: bool = False):
