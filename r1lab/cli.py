@@ -115,7 +115,7 @@ def demo(args) -> int:
 
 COMMANDS = {"params": (add_params, params), "demo": (add_demo, demo)}
 # Other packages contribute their subcommands through a module-level COMMANDS dict of the same shape.
-_COMMAND_MODULES = ("r1lab.cli_data", "r1lab.train.cli")
+_COMMAND_MODULES = ("r1lab.cli_data", "r1lab.train.cli", "r1lab.serve.cli", "r1lab.eval.cli")
 
 
 def _load_commands() -> dict:

@@ -36,3 +36,45 @@ def perturb(model, seed: int = 0) -> None:
 @pytest.fixture
 def micro():
     return micro_config
+
+
+def train_chat_model(out_dir, replies: dict[str, str], steps: int = 150, seed: int = 0):
+    """A micro model + tokenizer that has memorised `replies` (question -> '<reasoning></think>answer').
+
+    Gives servers and evaluators a real checkpoint whose greedy output is known, in a few seconds on CPU.
+    """
+    from r1lab.tokenizer import EOS, build_tokenizer, format_chat, save_tokenizer
+
+    texts = [format_chat([{"role": "user", "content": q}], add_generation_prompt=True) + r + EOS
+             for q, r in replies.items()]
+    tokenizer = build_tokenizer(texts * 20, vocab_size=300)
+    save_tokenizer(tokenizer, out_dir)
+    ids = [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    torch.manual_seed(seed)
+    cfg = micro_config(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_attention_heads=4,
+                       max_position_embeddings=1024, initializer_range=0.02)
+    from r1lab.model import DeepseekV3ForCausalLM, mtp_loss
+
+    model = DeepseekV3ForCausalLM(cfg)
+    model.init_weights(seed=seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        for seq in ids:
+            x = torch.tensor([seq])
+            out = model(x, mtp=True)
+            loss = torch.nn.functional.cross_entropy(out.logits[0, :-1], x[0, 1:]) + 0.3 * mtp_loss(out, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval().save_pretrained(out_dir)
+    return out_dir
+
+
+CHAT_REPLIES = {"What is 6 times 7?": "6 * 7 = 42\n</think>\nAnswer: 42", "Say hi": "greeting\n</think>\nhi there"}
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory):
+    """One memorised chat checkpoint shared by the server, browser and eval tests."""
+    return train_chat_model(tmp_path_factory.mktemp("chat-model"), CHAT_REPLIES)

@@ -90,7 +90,7 @@ class LLMEngine:
         self.requests: dict[str, list[Sequence]] = {}
         self._ids = itertools.count()
         self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0, "steps": 0,
-                      "drafted_tokens": 0, "accepted_tokens": 0}
+                      "drafted_tokens": 0, "accepted_tokens": 0, "aborted": 0}
 
     # ------------------------------------------------------------------ requests
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -133,6 +133,7 @@ class LLMEngine:
         for seq in self.requests.pop(request_id, []):
             if not seq.finished:
                 self.scheduler.finish(seq, "abort")
+                self.stats["aborted"] += 1
 
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
@@ -336,6 +337,23 @@ class LLMEngine:
         return self.stats["accepted_tokens"] / drafted if drafted else 0.0
 
 
+class RequestStream:
+    """Async iterator over one request's updates; leaving it early (break, cancellation) aborts the request."""
+
+    def __init__(self, owner: AsyncLLMEngine, request_id: str, queue: asyncio.Queue):
+        self.owner, self.request_id, self.queue = owner, request_id, queue
+
+    async def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        try:
+            while True:
+                out = await self.queue.get()
+                yield out
+                if out.finished:
+                    break
+        finally:
+            self.owner.abort(self.request_id)
+
+
 class AsyncLLMEngine:
     """Runs `LLMEngine.step()` on one background thread; `generate()` is an async stream of RequestOutputs."""
 
@@ -362,23 +380,24 @@ class AsyncLLMEngine:
                 self._wakeup.wait(0.05)
                 self._wakeup.clear()
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+    def submit(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> RequestStream:
+        """Queue a request now (raising ValueError / QueueFullError at once) and return its output stream."""
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
             request_id = self.engine.add_request(prompt, params, request_id)
             self._queues[request_id] = (asyncio.get_running_loop(), queue)
         self._wakeup.set()
-        try:
-            while True:
-                out = await queue.get()
-                yield out
-                if out.finished:
-                    break
-        finally:
-            self._queues.pop(request_id, None)
-            with self._lock:
-                self.engine.abort(request_id)  # no-op when finished; frees blocks when the consumer went away
+        return RequestStream(self, request_id, queue)
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        async for out in self.submit(prompt, params, request_id):
+            yield out
+
+    def abort(self, request_id: str) -> None:
+        self._queues.pop(request_id, None)
+        with self._lock:
+            self.engine.abort(request_id)  # no-op when finished; frees blocks when the consumer went away
 
     def num_waiting(self) -> int:
         return len(self.engine.scheduler.waiting)
