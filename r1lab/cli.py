@@ -115,7 +115,8 @@ def demo(args) -> int:
 
 COMMANDS = {"params": (add_params, params), "demo": (add_demo, demo)}
 # Other packages contribute their subcommands through a module-level COMMANDS dict of the same shape.
-_COMMAND_MODULES = ("r1lab.cli_data", "r1lab.train.cli", "r1lab.serve.cli", "r1lab.eval.cli")
+_COMMAND_MODULES = ("r1lab.cli_data", "r1lab.train.cli", "r1lab.serve.cli", "r1lab.eval.cli", "r1lab.rl.cli",
+                    "r1lab.cost_cli", "r1lab.export.cli", "r1lab.pipeline", "r1lab.chat")
 
 
 def _load_commands() -> dict:

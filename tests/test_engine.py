@@ -182,3 +182,13 @@ def test_speculative_accept_path_with_oracle_drafts(model):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
     assert engine.acceptance_rate == 1.0
     assert engine.stats["steps"] < 3 + 12  # fewer steps than one token per step would need
+
+
+def test_a_sequence_larger_than_the_cache_ends_with_length_not_a_hang(model):
+    engine = LLMEngine(model, EngineConfig(block_size=4, num_blocks=6))  # 24 token slots in all
+    with pytest.raises(ValueError, match="KV cache holds only 24"):
+        engine.add_request(prompts(1, lo=30, hi=30)[0])
+    out = engine.generate([prompts(1, lo=10, hi=10)[0]], SamplingParams(temperature=0, max_tokens=100,
+                                                                         ignore_eos=True))[0]
+    assert out.outputs[0].finish_reason == "length" and 10 + len(out.outputs[0].token_ids) <= 25
+    engine.block_manager.check_no_leaks()

@@ -134,6 +134,15 @@ class BlockManager:
                 self.free[block_id] = None
         table.clear()
 
+    def reset_prefix_cache(self) -> None:
+        """Drop every block's hash so no later request reuses content computed so far (only when idle: live
+        sequences chain their block hashes)."""
+        if any(b.ref_count for b in self.blocks):
+            raise RuntimeError("reset_prefix_cache needs an idle engine (no live sequences)")
+        self.hash_to_block.clear()
+        for block in self.blocks:
+            block.hash, block.tokens = None, []
+
     def check_no_leaks(self) -> None:
         """Raise if any block is still referenced (call when no request is live)."""
         held = [b.block_id for b in self.blocks if b.ref_count != 0]

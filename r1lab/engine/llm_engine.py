@@ -113,6 +113,10 @@ class LLMEngine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(ids)} tokens; this model's context limit is "
                              f"{self.max_model_len} tokens (prompt plus at least one generated token)")
+        total = len(self.block_manager.blocks)
+        if self.block_manager.blocks_needed(len(ids) + 1) > total:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the KV cache holds only "
+                             f"{total * self.config.block_size}; raise cache_memory_mb or num_blocks")
         limit = self.config.max_waiting
         if limit is not None and len(self.scheduler.waiting) + params.n > limit:
             raise QueueFullError(f"the waiting queue is full ({limit} sequences)")
@@ -135,6 +139,10 @@ class LLMEngine:
                 self.scheduler.finish(seq, "abort")
                 self.stats["aborted"] += 1
 
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (call after the model's weights change, e.g. a policy update)."""
+        self.block_manager.reset_prefix_cache()
+
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
@@ -142,10 +150,11 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         lookahead = 1 if self.speculative else 0
         batch = self.scheduler.schedule(lookahead=lookahead)
+        touched = {seq.request_id for seq in self.scheduler.finished_while_scheduling}
+        self.scheduler.finished_while_scheduling.clear()
         if batch is None:
-            return []
+            return [self._output(rid) for rid in touched if rid in self.requests]
         self.stats["steps"] += 1
-        touched: set[str] = set()
         if not batch.is_prefill and self.speculative and all(s.draft_ids for s in batch.seqs):
             self._speculative_step(batch, touched)
         else:

@@ -32,6 +32,7 @@ class Scheduler:
         self.blocks = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.finished_while_scheduling: list[Sequence] = []  # reported by the engine's next step
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -76,6 +77,11 @@ class Scheduler:
                 continue
             # room for the pending token and any drafted ones
             while not self.blocks.ensure_capacity(seq.block_table, seq.num_tokens + lookahead):
+                if len(self.running) == 1:
+                    # Alone and still out of blocks: the whole cache cannot hold this sequence any longer.
+                    self.finish(seq, "length")
+                    self.finished_while_scheduling.append(seq)
+                    break
                 victim = self.running[-1]
                 self.preempt(victim)
                 if victim is seq:

@@ -1,0 +1,307 @@
+"""`r1lab run`: the R1 recipe end to end on the `tiny` preset.
+
+    tokenizer -> pretrain -> cold-start SFT -> GRPO -> rejection sampling + SFT -> distill -> eval -> report
+
+Every stage writes into `runs/<name>/<stage>/` and is skipped when its output already exists, so an interrupted
+run continues where it stopped. The task mix sits the SFT model at the edge of competence (REFERENCE §8: RL gains
+appear where pass@1 is 20-60% and pass@k well above it): Countdown with three numbers.
+
+Stages and the R1 paper's counterparts:
+* pretrain     - next-token + MTP on task traces and plain problems (DeepSeek-V3-Base, much reduced)
+* sft          - cold start: chat-formatted reference traces of the RL task
+* grpo         - reasoning RL with rule rewards (accuracy + format), DAPO-style dynamic sampling and clip-higher
+* rs           - rejection sampling from the RL policy: verified, well-formatted traces; a short SFT of the RL
+                 policy on them (R1's stage-3 SFT, here on reasoning data only)
+* distill      - a dense student (no routed experts) trained on the same verified traces
+* eval         - held-out pass@1 / pass@8 / cons@8 of sft, rl, rs and distill at T=0.6, top-p 0.95
+
+The report (`report.md`, `report.json`, PNG plots) states the figures; `--ship DIR` copies the checkpoints and
+the report to `models/` (tiny-r1-sft, tiny-r1, tiny-r1-distill, report.json).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SHIP = Path(__file__).resolve().parents[1] / "models"
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "tiny-r1"
+    runs: str = "runs"
+    task: str = "countdown"
+    difficulty: int = 2
+    seed: int = 0
+    threads: int | None = None
+    # pretraining on traces and plain problems of every family (tiny preset)
+    pretrain_steps: int = 300
+    pretrain_per_level: int = 300
+    pretrain_batch: int = 16
+    pretrain_seq_len: int = 256
+    pretrain_lr: float = 3e-3
+    # cold-start SFT on the RL task
+    sft_steps: int = 300
+    sft_per_level: int = 4000
+    sft_batch: int = 64
+    sft_lr: float = 2e-3
+    # GRPO
+    grpo_steps: int = 30
+    grpo_prompts: int = 16
+    grpo_group: int = 8
+    grpo_lr: float = 1e-4
+    max_tokens: int = 96
+    # rejection sampling + SFT, distillation
+    rs_prompts: int = 768
+    rs_k: int = 4
+    rs_sft_steps: int = 60
+    distill_steps: int = 400
+    distill_lr: float = 3e-3
+    # evaluation
+    eval_size: int = 200
+    eval_k: int = 8
+    # CI only: when the (untrained) RL model solves nothing, distil from reference traces so later stages run
+    rs_fallback_to_reference: bool = False
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    @classmethod
+    def micro(cls, **overrides) -> PipelineConfig:
+        """Seconds-long settings for CI: every stage runs, the numbers mean nothing."""
+        small = dict(pretrain_steps=4, pretrain_per_level=4, pretrain_batch=4, pretrain_seq_len=128, sft_steps=4,
+                     sft_per_level=40, sft_batch=8, grpo_steps=2, grpo_prompts=4, grpo_group=4, max_tokens=24,
+                     rs_prompts=8, rs_k=2, rs_sft_steps=2, distill_steps=3, eval_size=6, eval_k=2,
+                     rs_fallback_to_reference=True)
+        return cls(**{**small, **overrides})
+
+
+STAGES = ("tokenizer", "pretrain", "sft", "grpo", "rs", "distill", "eval", "report")
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig):
+        unknown = [s for s in cfg.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGES)}")
+        self.cfg = cfg
+        self.root = Path(cfg.runs) / cfg.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+        timings_file = self.root / "timings.json"
+        if timings_file.exists():
+            self.timings = json.loads(timings_file.read_text())
+
+    # ------------------------------------------------------------------ paths
+    def path(self, stage: str) -> Path:
+        return self.root / stage
+
+    def model(self, stage: str) -> Path:
+        """The checkpoint a stage produced."""
+        from .train import resolve_checkpoint
+
+        return resolve_checkpoint(self.path(stage) if stage != "grpo" else self.path("grpo") / "final")
+
+    def _done(self, stage: str) -> bool:
+        return (self.root / f".{stage}.done").exists()
+
+    def _mark(self, stage: str, seconds: float) -> None:
+        (self.root / f".{stage}.done").write_text("ok\n")
+        self.timings[stage] = round(seconds, 1)
+        (self.root / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
+
+    def say(self, message: str) -> None:
+        print(f"[r1lab run] {message}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ stages
+    def run(self) -> dict | None:
+        report = None
+        for stage in STAGES:
+            if stage not in self.cfg.stages:
+                continue
+            if self._done(stage) and stage != "report":
+                self.say(f"{stage}: done earlier, skipping")
+                continue
+            self.say(f"{stage}: starting")
+            start = time.perf_counter()
+            result = getattr(self, f"stage_{stage}")()
+            self._mark(stage, time.perf_counter() - start)
+            self.say(f"{stage}: finished in {self.timings[stage]:.0f}s")
+            if stage == "report":
+                report = result
+        return report
+
+    def stage_tokenizer(self) -> None:
+        from .tokenizer import default_corpus, train_tokenizer
+
+        train_tokenizer(default_corpus(per_level=100, seed=self.cfg.seed), self.path("tokenizer"))
+
+    def _train(self, **settings) -> Path:
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig(seed=self.cfg.seed, progress=True, **settings)
+        return train(cfg)
+
+    def stage_pretrain(self) -> None:
+        c = self.cfg
+        self._train(kind="pretrain", preset="tiny", out=str(self.path("pretrain")),
+                    tokenizer=str(self.path("tokenizer")), per_level=c.pretrain_per_level,
+                    seq_len=c.pretrain_seq_len, steps=c.pretrain_steps, batch_size=c.pretrain_batch,
+                    lr=c.pretrain_lr, warmup_steps=max(1, c.pretrain_steps // 20))
+
+    def stage_sft(self) -> None:
+        c = self.cfg
+        self._train(kind="sft", init=str(self.model("pretrain")), out=str(self.path("sft")), tasks=[c.task],
+                    difficulties=[c.difficulty], per_level=c.sft_per_level, seq_len=128, steps=c.sft_steps,
+                    batch_size=c.sft_batch, lr=c.sft_lr, warmup_steps=max(1, c.sft_steps // 20))
+
+    def stage_grpo(self) -> None:
+        from .rl.grpo import GRPOConfig, train_grpo
+
+        c = self.cfg
+        train_grpo(GRPOConfig(init=str(self.model("sft")), out=str(self.path("grpo")), mode="r1", tasks=[c.task],
+                              difficulties=[c.difficulty], steps=c.grpo_steps, prompts_per_step=c.grpo_prompts,
+                              group_size=c.grpo_group, lr=c.grpo_lr, max_tokens=c.max_tokens, seed=c.seed))
+
+    def stage_rs(self) -> None:
+        from .rl.rejection import rejection_sample
+
+        c = self.cfg
+        data = self.root / "rs-traces.jsonl"
+        _, stats = rejection_sample(self.model("grpo"), [c.task], [c.difficulty], c.rs_prompts, k=c.rs_k,
+                                    max_tokens=c.max_tokens, seed=c.seed, out=data)
+        (self.root / "rs-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        self.say(f"rs: kept {stats['rows']} of {stats['samples']} samples ({stats['accept_rate']:.0%})")
+        if stats["rows"] == 0:
+            if not c.rs_fallback_to_reference:
+                raise ValueError("rejection sampling kept no sample: the RL model solved nothing")
+            from .data import write_jsonl
+            from .tasks import problems, solution
+
+            rows = [{"prompt": p.prompt, "answer": p.answer, "solution": solution(p), "source": "reference-fallback"}
+                    for p in problems(c.task, c.difficulty, "train", c.rs_prompts, seed=c.seed)]
+            write_jsonl(rows, data)
+            stats["fallback_reference_rows"] = len(rows)
+            (self.root / "rs-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            self.say("rs: no verified sample; using reference traces (rs_fallback_to_reference, CI setting)")
+        rows = sum(1 for _ in open(data))
+        self._train(kind="sft", init=str(self.model("grpo")), out=str(self.path("rs")), data=[str(data)],
+                    seq_len=128, steps=c.rs_sft_steps, batch_size=min(32, rows), lr=c.grpo_lr * 3,
+                    warmup_steps=max(1, c.rs_sft_steps // 10), mtp_weight=0.1)
+
+    def stage_distill(self) -> None:
+        """A dense student: same width and depth, every layer a plain SwiGLU FFN, no MTP."""
+        from .config import preset
+
+        c = self.cfg
+        student = preset("tiny", first_k_dense_replace=preset("tiny").num_hidden_layers, num_nextn_predict_layers=0)
+        config_dir = self.root / "student-config"
+        config_dir.mkdir(exist_ok=True)
+        student.save(config_dir)
+        data = self.root / "rs-traces.jsonl"
+        rows = sum(1 for _ in open(data))
+        self._train(kind="sft", model_config=str(config_dir), out=str(self.path("distill")),
+                    tokenizer=str(self.path("tokenizer")), data=[str(data)], seq_len=128,
+                    steps=c.distill_steps, batch_size=min(64, rows), lr=c.distill_lr,
+                    warmup_steps=max(1, c.distill_steps // 20), mtp_weight=0.0)
+
+    def stage_eval(self) -> dict:
+        from .engine import EngineConfig
+        from .eval.backends import ModelBackend, Sampling
+        from .eval.benchmarks import task_benchmark
+        from .eval.harness import evaluate
+
+        c = self.cfg
+        bench = task_benchmark(c.task, c.difficulty, size=c.eval_size, seed=c.seed)
+        sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=c.max_tokens, seed=c.seed)
+        results = {}
+        for label, stage in (("sft", "sft"), ("rl", "grpo"), ("rs", "rs"), ("distill", "distill")):
+            backend = ModelBackend(self.model(stage), EngineConfig(max_num_seqs=256))
+            out = self.path("eval") / label
+            if out.exists():
+                shutil.rmtree(out)  # checkpoints may have been retrained; never reuse their old samples
+            run = evaluate(backend, [bench], c.eval_k, sampling, out)
+            summary = run["benchmarks"][bench.name] if "benchmarks" in run else run[bench.name]
+            rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+            from .tasks import follows_format
+
+            summary["format_rate"] = sum(follows_format(r["completion"]) for r in rows) / max(len(rows), 1)
+            results[label] = summary
+            self.say(f"eval {label}: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()
+                                                   if isinstance(v, float)))
+        (self.path("eval") / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+    def stage_report(self) -> dict:
+        from .report import write_report
+
+        return write_report(self.root, self.cfg, self.timings)
+
+
+def ship(run_root: Path, ship_dir: Path) -> None:
+    """Copy the run's checkpoints (weights, config, tokenizer; no optimiser state) and report into `ship_dir`."""
+    from .train import resolve_checkpoint
+
+    ship_dir.mkdir(parents=True, exist_ok=True)
+    for stage, name in (("sft", "tiny-r1-sft"), ("grpo/final", "tiny-r1"), ("distill", "tiny-r1-distill")):
+        source = resolve_checkpoint(run_root / stage)
+        target = ship_dir / name
+        tmp = ship_dir / f".{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        for file in source.iterdir():
+            if file.is_file() and (file.suffix in (".json", ".safetensors") or file.name.startswith("tokenizer")):
+                if file.name in ("training_state.json",):
+                    continue
+                shutil.copy(file, tmp / file.name)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    shutil.copy(run_root / "report.json", ship_dir / "report.json")
+    shutil.copy(run_root / "report.md", ship_dir / "report.md")
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_run(sub) -> None:
+    p = sub.add_parser("run", help="the whole R1 recipe on the tiny preset: pretrain, SFT, GRPO, distill, eval",
+                       description=__doc__.split("\n\n")[0] + " Stages already done are skipped (delete "
+                                   "runs/<name>/.<stage>.done to redo one).")
+    p.add_argument("--name", default="tiny-r1", help="run name: outputs go to RUNS/NAME (default tiny-r1)")
+    p.add_argument("--runs", default="runs", help="directory of runs (default runs/)")
+    p.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all)")
+    p.add_argument("--micro", action="store_true", help="seconds-long settings (for CI); figures mean nothing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grpo-steps", type=int, help="override the number of GRPO steps")
+    p.add_argument("--ship", nargs="?", const=str(DEFAULT_SHIP), metavar="DIR",
+                   help=f"copy the checkpoints and report to DIR (default {DEFAULT_SHIP})")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def run(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"name": args.name, "runs": args.runs, "seed": args.seed}
+    if args.stages:
+        overrides["stages"] = args.stages
+    if args.grpo_steps:
+        overrides["grpo_steps"] = args.grpo_steps
+    cfg = PipelineConfig.micro(**overrides) if args.micro else PipelineConfig(**overrides)
+    pipeline = Pipeline(cfg)
+    report = pipeline.run()
+    if report:
+        print((pipeline.root / "report.md").read_text())
+    if args.ship:
+        ship(pipeline.root, Path(args.ship))
+        pipeline.say(f"shipped checkpoints and report to {args.ship}")
+    return 0
+
+
+COMMANDS = {"run": (add_run, run)}

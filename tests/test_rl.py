@@ -1,0 +1,61 @@
+"""GRPO: the loss against hand computation, advantages, and a short run that must raise the reward."""
+
+import math
+
+import pytest
+import torch
+
+from r1lab.rl.loss import group_advantages, grpo_loss
+
+
+def test_advantages_are_zero_for_constant_reward_groups():
+    adv = group_advantages(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5]]))
+    assert torch.equal(adv[:2], torch.zeros(2, 3))
+    assert adv[2].sum().abs() < 1e-6 and adv[2, 1] > 0 > adv[2, 0]
+    dr = group_advantages(torch.tensor([[0.0, 1.0, 0.5]]), scale_by_std=False)
+    assert torch.allclose(dr, torch.tensor([[-0.5, 0.5, 0.0]]))
+
+
+def test_grpo_loss_matches_hand_computation():
+    # Two completions: lengths 2 and 1 (second row padded). Advantages +1 and -0.5.
+    logp = torch.tensor([[math.log(0.6), math.log(0.3)], [math.log(0.2), 0.0]], requires_grad=True)
+    old = torch.log(torch.tensor([[0.5, 0.3], [0.4, 1.0]]))
+    ref = torch.log(torch.tensor([[0.5, 0.5], [0.2, 1.0]]))
+    adv = torch.tensor([1.0, -0.5])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    eps_low, eps_high, beta = 0.1, 0.15, 0.05
+    # ratios: 1.2 (clipped to 1.15 for A>0), 1.0, 0.5 (clipped to 0.9 for A<0 -> min picks clipped -0.45?)
+    # token terms -min(r*A, clip(r)*A):
+    t00 = -min(1.2 * 1.0, 1.15 * 1.0)  # -1.15
+    t01 = -min(1.0, 1.0)  # -1.0
+    t10 = -min(0.5 * -0.5, 0.9 * -0.5)  # -(-0.45) = 0.45
+    k3 = lambda r_over_p: r_over_p - math.log(r_over_p) - 1  # noqa: E731
+    kl00, kl01, kl10 = k3(0.5 / 0.6), k3(0.5 / 0.3), k3(0.2 / 0.2)
+    per_token = [t00 + beta * kl00, t01 + beta * kl01, t10 + beta * kl10]
+    expected = {
+        "token": sum(per_token) / 3,
+        "sequence": ((per_token[0] + per_token[1]) / 2 + per_token[2]) / 2,
+        "dr_grpo": sum(per_token) / (2 * 4),
+    }
+    for aggregation, value in expected.items():
+        loss, stats = grpo_loss(logp, old, adv, mask, ref, eps_low, eps_high, beta, aggregation, max_tokens=4)
+        assert loss.item() == pytest.approx(value, abs=1e-6), aggregation
+    assert stats.clip_fraction == pytest.approx(2 / 3)  # token 00 (ratio above 1+eps_high, A>0) and 10
+    assert stats.kl == pytest.approx((kl00 + kl01 + kl10) / 3, abs=1e-6)
+
+
+def test_clipped_tokens_get_no_policy_gradient():
+    logp = torch.tensor([[math.log(0.9), math.log(0.5)]], requires_grad=True)
+    old = torch.log(torch.tensor([[0.5, 0.5]]))
+    loss, _ = grpo_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), eps_low=0.2, eps_high=0.2)
+    loss.backward()
+    assert logp.grad[0, 0] == 0 and logp.grad[0, 1] < 0  # ratio 1.8 is clipped; ratio 1 still pushes up
+
+
+def test_kl_penalty_needs_reference_and_is_zero_at_reference():
+    logp = torch.log(torch.tensor([[0.3, 0.7]]))
+    with pytest.raises(ValueError, match="ref_logp"):
+        grpo_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), beta=0.1)
+    _, stats = grpo_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=logp, beta=0.1)
+    assert stats.kl == pytest.approx(0.0, abs=1e-7)
+
