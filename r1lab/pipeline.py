@@ -142,6 +142,12 @@ class Pipeline:
     def _train(self, **settings) -> Path:
         from .train import TrainConfig, train
 
+        out = Path(settings["out"])
+        if (out / "checkpoint").exists():
+            # An interrupted stage: continue its run instead of starting over (same settings, exact resume).
+            for key in ("init", "preset", "model_config", "tokenizer"):
+                settings.pop(key, None)
+            settings["resume"] = str(out)
         cfg = TrainConfig(seed=self.cfg.seed, progress=True, **settings)
         return train(cfg)
 

@@ -17,7 +17,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _plots(root: Path, summary: dict) -> list[str]:
+def _plots(root: Path, summary: dict, k: int) -> list[str]:
     try:
         import matplotlib
 
@@ -69,7 +69,8 @@ def _plots(root: Path, summary: dict) -> list[str]:
         width = 0.38
         xs = range(len(labels))
         ax.bar([x - width / 2 for x in xs], [summary[m]["pass@1"] for m in labels], width, label="pass@1")
-        ax.bar([x + width / 2 for x in xs], [summary[m].get("pass@8", 0) for m in labels], width, label="pass@8")
+        ax.bar([x + width / 2 for x in xs], [summary[m].get(f"pass@{k}", 0) for m in labels], width,
+               label=f"pass@{k}")
         ax.set_xticks(list(xs), labels)
         ax.set_ylim(0, 1)
         ax.set_title("held-out accuracy")
@@ -84,14 +85,15 @@ def _plots(root: Path, summary: dict) -> list[str]:
 def write_report(root: Path, cfg, timings: dict) -> dict:
     summary = json.loads((root / "eval" / "summary.json").read_text())
     bench = f"{cfg.task}:{cfg.difficulty}"
-    keep = ("pass@1", "pass@8", "cons@8", "n", "format_rate")
+    k = cfg.eval_k
+    keep = ("pass@1", f"pass@{k}", f"cons@{k}", "n", "format_rate")
     report = {name: {k: v for k, v in figures.items() if k in keep} for name, figures in summary.items()}
     report["format_rate"] = summary.get("rl", {}).get("format_rate")
     report["bench"] = bench
     sft, rl = summary.get("sft", {}), summary.get("rl", {})
     if sft and rl:
         report["rl_gain_pass@1"] = round(rl["pass@1"] - sft["pass@1"], 4)
-        report["rl_pass@1_minus_sft_pass@8"] = round(rl["pass@1"] - sft.get("pass@8", 0), 4)
+        report[f"rl_pass@1_minus_sft_pass@{k}"] = round(rl["pass@1"] - sft.get(f"pass@{k}", 0), 4)
     if summary.get("distill") and rl:
         report["distill_over_teacher_pass@1"] = round(summary["distill"]["pass@1"] / max(rl["pass@1"], 1e-9), 4)
     stats_file = root / "rs-stats.json"
@@ -99,17 +101,17 @@ def write_report(root: Path, cfg, timings: dict) -> dict:
         report["rejection_sampling"] = json.loads(stats_file.read_text())
     report["seconds"] = timings
     report["config"] = asdict(cfg)
-    report["plots"] = _plots(root, {k: v for k, v in summary.items() if "pass@1" in v})
+    report["plots"] = _plots(root, {name: v for name, v in summary.items() if "pass@1" in v}, k)
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# r1lab run `{cfg.name}`", "",
              f"Held-out benchmark `{bench}` ({summary.get('rl', {}).get('n', '?')} problems), {cfg.eval_k} samples "
              "each at temperature 0.6, top-p 0.95.", "",
-             "| model | pass@1 | pass@8 | cons@8 | format |", "|---|---|---|---|---|"]
+             f"| model | pass@1 | pass@{k} | cons@{k} | format |", "|---|---|---|---|---|"]
     for name in ("sft", "rl", "rs", "distill"):
         f = summary.get(name)
         if f:
-            lines.append(f"| {name} | {f['pass@1']:.3f} | {f.get('pass@8', float('nan')):.3f} | "
-                         f"{f.get('cons@8', float('nan')):.3f} | {f.get('format_rate', float('nan')):.3f} |")
+            lines.append(f"| {name} | {f['pass@1']:.3f} | {f.get(f'pass@{k}', float('nan')):.3f} | "
+                         f"{f.get(f'cons@{k}', float('nan')):.3f} | {f.get('format_rate', float('nan')):.3f} |")
     lines.append("")
     if "rl_gain_pass@1" in report:
         lines.append(f"GRPO changed held-out pass@1 by {100 * report['rl_gain_pass@1']:+.1f} points over the SFT "

@@ -1,0 +1,28 @@
+"""`r1lab run` end to end on the micro setting: every stage runs and the report has the documented shape."""
+
+import json
+
+from r1lab.cli import main
+
+
+def test_pipeline_micro_end_to_end(tmp_path, capsys):
+    assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path), "--ship", str(tmp_path / "ship")]) == 0
+    root = tmp_path / "ci"
+    report = json.loads((root / "report.json").read_text())
+    for model in ("sft", "rl", "distill"):
+        assert {"pass@1", "pass@2"} <= set(report[model])
+        assert 0 <= report[model]["pass@1"] <= report[model]["pass@2"] <= 1
+    assert 0 <= report["format_rate"] <= 1 and report["bench"] == "countdown:2"
+    for plot in ("grpo.png", "expert_load.png", "accuracy.png"):
+        assert (root / plot).stat().st_size > 1000
+    rows = [json.loads(line) for line in (root / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward", "accuracy", "format_rate", "completion_len", "frac_zero_std", "kl", "clip_fraction",
+            "entropy"} <= set(rows[0])
+    for name in ("tiny-r1-sft", "tiny-r1", "tiny-r1-distill"):
+        shipped = tmp_path / "ship" / name
+        assert (shipped / "model.safetensors").exists() and (shipped / "tokenizer.json").exists()
+        assert not (shipped / "training_state").exists()
+    assert json.loads((tmp_path / "ship" / "report.json").read_text())["bench"] == "countdown:2"
+    # A second run skips every finished stage.
+    assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path)]) == 0
+    assert "done earlier, skipping" in capsys.readouterr().err
