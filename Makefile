@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	.venv/bin/r1lab demo
+	.venv/bin/r1lab run
 
 test: $(STAMP)
 	.venv/bin/ruff check r1lab tests benchmarks
