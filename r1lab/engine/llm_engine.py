@@ -26,8 +26,19 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner
 from .sampling import SamplingParams, sample_one
-from .scheduler import Scheduler
+from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence
+
+
+def _padded(tokens: list[list[int]], positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad rows of token ids (with 0) and positions (with -1, which marks padding for the MTP runner)."""
+    width = max(len(p) for p in positions)
+    ids = torch.zeros(len(tokens), width, dtype=torch.long)
+    pos = torch.full((len(tokens), width), -1, dtype=torch.long)
+    for i, (t, p) in enumerate(zip(tokens, positions, strict=True)):
+        ids[i, :len(t)] = torch.tensor(t)
+        pos[i, :len(p)] = torch.tensor(p)
+    return ids, pos
 
 
 class QueueFullError(RuntimeError):
@@ -248,13 +259,7 @@ class LLMEngine:
             pos.append(list(range(start, start + n)))
         if not rows:
             return
-        width = max(len(p) for p in pos)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        positions_t = torch.full((len(rows), width), -1, dtype=torch.long)
-        for i, (t, p) in enumerate(zip(next_ids, pos, strict=True)):
-            ids[i, :len(t)] = torch.tensor(t)
-            positions_t[i, :len(p)] = torch.tensor(p)
-        from .scheduler import ScheduledBatch
+        ids, positions_t = _padded(next_ids, pos)
 
         sub = ScheduledBatch([batch.seqs[r] for r in rows], [len(p) for p in pos], batch.is_prefill)
         logits = self.runner.draft(sub, hidden[rows], ids, positions_t)
@@ -301,13 +306,7 @@ class LLMEngine:
                 verified_pos.append([start])
         if not verified_rows:
             return
-        width = max(len(p) for p in verified_pos)
-        ids_t = torch.zeros(len(verified_rows), width, dtype=torch.long)
-        pos_t = torch.full((len(verified_rows), width), -1, dtype=torch.long)
-        for i, (t, p) in enumerate(zip(verified_next, verified_pos, strict=True)):
-            ids_t[i, :len(t)] = torch.tensor(t)
-            pos_t[i, :len(p)] = torch.tensor(p)
-        from .scheduler import ScheduledBatch
+        ids_t, pos_t = _padded(verified_next, verified_pos)
 
         sub = ScheduledBatch([batch.seqs[r] for r in verified_rows], [len(p) for p in verified_pos], False)
         draft_logits = self.runner.draft(sub, hidden[verified_rows], ids_t, pos_t)
