@@ -40,27 +40,27 @@ class PipelineConfig:
     seed: int = 0
     threads: int | None = None
     # pretraining on traces and plain problems of every family (tiny preset)
-    pretrain_steps: int = 250
+    pretrain_steps: int = 300
     pretrain_per_level: int = 300
     pretrain_batch: int = 16
     pretrain_seq_len: int = 256
     pretrain_lr: float = 3e-3
     # cold-start SFT on the RL task
-    sft_steps: int = 400
+    sft_steps: int = 500
     sft_per_level: int = 8000
     sft_batch: int = 64
     sft_lr: float = 2e-3
     # GRPO
-    grpo_steps: int = 60
+    grpo_steps: int = 40
     grpo_prompts: int = 16
     grpo_group: int = 16
-    grpo_lr: float = 1e-4
+    grpo_lr: float = 5e-5
     max_tokens: int = 64
     # rejection sampling + SFT, distillation
     rs_prompts: int = 512
     rs_k: int = 4
     rs_sft_steps: int = 60
-    distill_steps: int = 400
+    distill_steps: int = 200
     distill_lr: float = 3e-3
     # evaluation
     eval_size: int = 200
