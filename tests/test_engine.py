@@ -168,10 +168,10 @@ def test_speculative_accept_path_with_oracle_drafts(model):
     engine = LLMEngine(model, EngineConfig(block_size=4, num_blocks=200, speculative_mtp=True))
     real_draft = engine.runner.draft
 
-    def oracle(batch, hidden, next_ids, positions):
-        logits = real_draft(batch, hidden, next_ids, positions).clone()  # keeps the MTP cache layer written
-        for row, seq in enumerate(batch.seqs):
-            last = int((positions[row] >= 0).sum()) - 1
+    def oracle(seqs, hidden, starts, next_ids):
+        logits = real_draft(seqs, hidden, starts, next_ids).clone()  # keeps the MTP cache layer written
+        for row, seq in enumerate(seqs):
+            last = len(next_ids[row]) - 1
             logits[row, last] = -1e9
             logits[row, last, reference_greedy(model, seq.all_ids, 1)[0]] = 0
         return logits

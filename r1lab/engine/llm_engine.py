@@ -26,19 +26,8 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner
 from .sampling import SamplingParams, sample_one
-from .scheduler import ScheduledBatch, Scheduler
+from .scheduler import Scheduler
 from .sequence import Sequence
-
-
-def _padded(tokens: list[list[int]], positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad rows of token ids (with 0) and positions (with -1, which marks padding for the MTP runner)."""
-    width = max(len(p) for p in positions)
-    ids = torch.zeros(len(tokens), width, dtype=torch.long)
-    pos = torch.full((len(tokens), width), -1, dtype=torch.long)
-    for i, (t, p) in enumerate(zip(tokens, positions, strict=True)):
-        ids[i, :len(t)] = torch.tensor(t)
-        pos[i, :len(p)] = torch.tensor(p)
-    return ids, pos
 
 
 class QueueFullError(RuntimeError):
@@ -172,7 +161,7 @@ class LLMEngine:
             for seq in batch.seqs:
                 seq.draft_ids = []
             batch.num_tokens = [n if batch.is_prefill else 1 for n in batch.num_tokens]
-            logits, hidden, positions = self.runner.forward(batch)
+            logits, hidden = self.runner.forward(batch)
             for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
                 seq.num_computed += n
                 self._hash_blocks(seq)
@@ -181,7 +170,7 @@ class LLMEngine:
                     self._append(seq, logits[row])
                 touched.add(seq.request_id)
             if self.speculative:
-                self._draft(batch, hidden, positions)
+                self._draft(batch, hidden)
         return [self._output(rid) for rid in touched if rid in self.requests]
 
     def _hash_blocks(self, seq: Sequence) -> None:
@@ -242,41 +231,34 @@ class LLMEngine:
         return out
 
     # ------------------------------------------------------------------ MTP speculative decoding
-    def _draft(self, batch, hidden: torch.Tensor, positions: torch.Tensor) -> None:
+    def _draft(self, batch, hidden: torch.Tensor) -> None:
         """After a plain step, let the MTP module draft one token per running sequence.
 
         The MTP module at position i combines the main model's hidden state h_i with the embedding of token i+1
         and predicts token i+2. Over this step's positions that fills the module's own cache layer, and the last
         position (whose token i+1 was just sampled) yields the draft.
         """
-        rows, next_ids, pos = [], [], []
+        rows, starts, next_ids = [], [], []
         for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
             if seq.num_computed != seq.num_tokens - 1 or seq.finished:
                 continue  # mid-prefill chunk or finished
             start = seq.num_computed - n
             rows.append(row)
+            starts.append(start)
             next_ids.append(seq.all_ids[start + 1:start + n + 1])
-            pos.append(list(range(start, start + n)))
         if not rows:
             return
-        ids, positions_t = _padded(next_ids, pos)
-
-        sub = ScheduledBatch([batch.seqs[r] for r in rows], [len(p) for p in pos], batch.is_prefill)
-        logits = self.runner.draft(sub, hidden[rows], ids, positions_t)
-        for i, seq in enumerate(sub.seqs):
-            last = len(pos[i]) - 1
-            seq.draft_ids = [int(logits[i, last].argmax())] if seq.params.greedy else []
+        seqs = [batch.seqs[r] for r in rows]
+        logits = self.runner.draft(seqs, hidden[rows], starts, next_ids)
+        for i, seq in enumerate(seqs):
+            seq.draft_ids = [int(logits[i, len(next_ids[i]) - 1].argmax())] if seq.params.greedy else []
 
     def _speculative_step(self, batch, touched: set[str]) -> None:
         """Verify [last token, draft] in one forward; keep the draft if the main model agrees (greedy)."""
         batch.num_tokens = [2] * len(batch.seqs)
         feed = [[seq.all_ids[-1], seq.draft_ids[0]] for seq in batch.seqs]
-        ids, positions, slots, tables, context = self.runner._layout(batch, feed)
-        self.runner.cache.bind(slots, tables, context, positions)
-        with torch.inference_mode():
-            out = self.model(ids, positions=positions, cache=self.runner.cache)
-        logits, hidden = out.logits, out.hidden_states
-        verified_rows, verified_next, verified_pos = [], [], []
+        logits, hidden = self.runner.forward(batch, tokens=feed, all_logits=True)
+        verified_rows, verified_starts, verified_next = [], [], []
         for row, seq in enumerate(batch.seqs):
             touched.add(seq.request_id)
             draft = seq.draft_ids[0]
@@ -297,21 +279,17 @@ class LLMEngine:
                 self._accept_token(seq, bonus)
                 if seq.finished:
                     continue
-                verified_rows.append(row)
                 verified_next.append([target, bonus])
-                verified_pos.append([start, start + 1])
             else:
-                verified_rows.append(row)
                 verified_next.append([target])
-                verified_pos.append([start])
+            verified_rows.append(row)
+            verified_starts.append(start)
         if not verified_rows:
             return
-        ids_t, pos_t = _padded(verified_next, verified_pos)
-
-        sub = ScheduledBatch([batch.seqs[r] for r in verified_rows], [len(p) for p in verified_pos], False)
-        draft_logits = self.runner.draft(sub, hidden[verified_rows], ids_t, pos_t)
-        for i, seq in enumerate(sub.seqs):
-            seq.draft_ids = [int(draft_logits[i, len(verified_pos[i]) - 1].argmax())]
+        seqs = [batch.seqs[r] for r in verified_rows]
+        draft_logits = self.runner.draft(seqs, hidden[verified_rows], verified_starts, verified_next)
+        for i, seq in enumerate(seqs):
+            seq.draft_ids = [int(draft_logits[i, len(verified_next[i]) - 1].argmax())]
 
     # ------------------------------------------------------------------ batch API
     def generate(self, prompts: Iterable[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None,

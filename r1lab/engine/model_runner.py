@@ -16,6 +16,7 @@ import torch
 
 from ..model import DeepseekV3ForCausalLM
 from .scheduler import ScheduledBatch
+from .sequence import Sequence
 
 
 class PagedLatentCache:
@@ -60,60 +61,44 @@ class ModelRunner:
         self.cache = PagedLatentCache(layers, num_blocks, block_size, cfg.latent_dim, model.dtype)
         self.block_size = block_size
 
-    def _layout(self, batch: ScheduledBatch, extra_tokens: list[list[int]] | None = None):
-        """Token ids, positions, slots and block tables for the batch, right-padded to [B, T]."""
-        seqs, counts = batch.seqs, batch.num_tokens
-        width = max(counts)
+    def _bind(self, seqs: list[Sequence], starts: list[int], tokens: list[list[int]]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad each row's tokens (row i sits at positions starts[i], starts[i] + 1, ...) to [B, T] and bind
+        the cache to the rows' slots and block tables; returns (ids, positions)."""
+        width = max(len(t) for t in tokens)
         max_blocks = max(len(s.block_table) for s in seqs)
         bs = self.block_size
         ids, positions, slots, tables, context = [], [], [], [], []
-        for row, (seq, n) in enumerate(zip(seqs, counts, strict=True)):
-            start = seq.num_computed
-            tokens = seq.all_ids[start:start + n] if extra_tokens is None else extra_tokens[row]
-            table = seq.block_table
-            pad = width - n
-            ids.append(list(tokens) + [0] * pad)
+        for seq, start, row_tokens in zip(seqs, starts, tokens, strict=True):
+            n, pad, table = len(row_tokens), width - len(row_tokens), seq.block_table
+            ids.append(list(row_tokens) + [0] * pad)
             # padding queries look at the real context; their outputs are dropped
             positions.append(list(range(start, start + n)) + [start + n - 1] * pad)
             slots.append([table[p // bs] * bs + p % bs for p in range(start, start + n)] + [-1] * pad)
             tables.append(table + [0] * (max_blocks - len(table)))
             context.append(start + n)
-        return (torch.tensor(ids), torch.tensor(positions), torch.tensor(slots), torch.tensor(tables),
-                torch.tensor(context))
+        positions_t = torch.tensor(positions)
+        self.cache.bind(torch.tensor(slots), torch.tensor(tables), torch.tensor(context), positions_t)
+        return torch.tensor(ids), positions_t
 
     @torch.inference_mode()
-    def forward(self, batch: ScheduledBatch, all_logits: bool = False):
-        """Run one step; returns (logits, hidden): logits [B, V] at each row's last real token, or [B, T, V] with
-        all_logits (speculative verification); hidden [B, T, D] final-normed hidden states."""
-        ids, positions, slots, tables, context = self._layout(batch)
-        self.cache.bind(slots, tables, context, positions)
-        counts = torch.tensor(batch.num_tokens)
-        keep = None if all_logits else counts - 1
-        out = self.model(ids, positions=positions, cache=self.cache, logits_to_keep=keep)
-        logits = out.logits if all_logits else out.logits[:, 0]
-        return logits, out.hidden_states, positions
-
-    @torch.inference_mode()
-    def draft(self, batch: ScheduledBatch, hidden: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor):
-        """Run the MTP module over [B, T] (hidden at position i, token i+1); writes its cache layer and returns
-        logits [B, T, V] for tokens i+2."""
+    def forward(self, batch: ScheduledBatch, tokens: list[list[int]] | None = None, all_logits: bool = False):
+        """Run one step from each sequence's `num_computed` position over its next `num_tokens` tokens (or over
+        `tokens`, e.g. [last token, draft] for speculative verification). Returns (logits, hidden): logits [B, V]
+        at each row's last real token, or [B, T, V] with all_logits; hidden [B, T, D] final-normed states."""
         seqs = batch.seqs
-        width = positions.shape[1]
-        slots = torch.full_like(positions, -1)
-        max_blocks = max(len(s.block_table) for s in seqs)
-        tables = torch.zeros(len(seqs), max_blocks, dtype=torch.long)
-        context = torch.zeros(len(seqs), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            table = torch.tensor(seq.block_table)
-            tables[row, :len(seq.block_table)] = table
-            valid = positions[row] >= 0
-            pos = positions[row][valid]
-            slots[row, :len(pos)] = table[pos // self.block_size] * self.block_size + pos % self.block_size
-            context[row] = int(pos.max()) + 1 if len(pos) else 0
-        clean = positions.clamp(min=0)
-        for row in range(len(seqs)):  # padding queries point at the last real position
-            n = int((positions[row] >= 0).sum())
-            clean[row, n:] = clean[row, max(n - 1, 0)]
-        self.cache.bind(slots, tables, context, clean)
-        logits, _ = self.model.mtp_step(hidden[:, :width], next_ids, clean, self.cache)
+        starts = [s.num_computed for s in seqs]
+        if tokens is None:
+            tokens = [s.all_ids[st:st + n] for s, st, n in zip(seqs, starts, batch.num_tokens, strict=True)]
+        ids, positions = self._bind(seqs, starts, tokens)
+        keep = None if all_logits else torch.tensor([len(t) - 1 for t in tokens])
+        out = self.model(ids, positions=positions, cache=self.cache, logits_to_keep=keep)
+        return (out.logits if all_logits else out.logits[:, 0]), out.hidden_states
+
+    @torch.inference_mode()
+    def draft(self, seqs: list[Sequence], hidden: torch.Tensor, starts: list[int], tokens: list[list[int]]):
+        """Run the MTP module: row i combines hidden[i, j] (position starts[i] + j) with tokens[i][j] (the token
+        after it); writes the module's cache layer and returns logits [B, T, V] for the token after that."""
+        ids, positions = self._bind(seqs, starts, tokens)
+        logits, _ = self.model.mtp_step(hidden[:, :ids.shape[1]], ids, positions, self.cache)
         return logits
