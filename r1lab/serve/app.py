@@ -158,8 +158,11 @@ def create_app(engine: LLMEngine, served_model_name: str, api_keys: list[str] | 
         return len(ids)  # never closed its thinking: all of it is reasoning
 
     def usage(out, completion_tokens: int, reasoning: int | None = None) -> tuple[dict, dict]:
-        prompt_tokens = len(out.prompt_token_ids)
-        hit = out.num_cached_tokens
+        return account(len(out.prompt_token_ids), out.num_cached_tokens, completion_tokens, reasoning)
+
+    def account(prompt_tokens: int, hit: int, completion_tokens: int, reasoning: int | None = None
+                ) -> tuple[dict, dict]:
+        """Record a finished request in the ledger and metrics; returns its `usage` body and `cost`."""
         cost = ledger.record(hit, prompt_tokens - hit, completion_tokens)
         metrics.prompt_tokens.inc(prompt_tokens)
         metrics.cache_hit_tokens.inc(hit)
@@ -316,8 +319,7 @@ def create_app(engine: LLMEngine, served_model_name: str, api_keys: list[str] | 
             except ValueError as e:
                 raise APIError(400, str(e), param="prompt") from None
         echo_logprobs = body.echo and body.logprobs is not None
-        choices, total_usage, last = [], None, None
-        results = []
+        choices, results = [], []
         for ids in encoded:
             if not ids:
                 raise APIError(400, "prompt must not be empty", param="prompt")
@@ -331,6 +333,7 @@ def create_app(engine: LLMEngine, served_model_name: str, api_keys: list[str] | 
             stream = submit(ids, params, "prompt")
             if body.stream:
                 return StreamingResponse(_stream_completion(stream, body, ids), media_type="text/event-stream")
+            last = None
             async for out in stream:
                 last = out
             results.append((ids, last))
@@ -344,19 +347,14 @@ def create_app(engine: LLMEngine, served_model_name: str, api_keys: list[str] | 
                                 "logprobs": _legacy_logprobs(ids, prompt_logprobs, [], None, body.logprobs)})
                 continue
             hit_total += out.num_cached_tokens
+            prefix = tokenizer.decode(ids, skip_special_tokens=False) if body.echo and tokenizer else ""
             for c in out.outputs:
                 completion_total += len(c.token_ids)
-                prefix = tokenizer.decode(ids, skip_special_tokens=False) if body.echo and tokenizer else ""
                 logprobs = (_legacy_logprobs(ids if body.echo else [], prompt_logprobs, c.token_ids, c.logprobs,
                                              body.logprobs) if body.logprobs is not None else None)
                 choices.append({"index": len(choices), "text": prefix + c.text, "finish_reason": c.finish_reason,
                                 "logprobs": logprobs})
-        cost = ledger.record(hit_total, prompt_total - hit_total, completion_total)
-        metrics.prompt_tokens.inc(prompt_total)
-        metrics.generation_tokens.inc(completion_total)
-        total_usage = {"prompt_tokens": prompt_total, "completion_tokens": completion_total,
-                       "total_tokens": prompt_total + completion_total, "prompt_cache_hit_tokens": hit_total,
-                       "prompt_cache_miss_tokens": prompt_total - hit_total}
+        total_usage, cost = account(prompt_total, hit_total, completion_total)
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": served_model_name, "choices": choices, "usage": total_usage, "cost": cost}
 
