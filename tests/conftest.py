@@ -33,6 +33,20 @@ def perturb(model, seed: int = 0) -> None:
             b.copy_(0.2 * torch.rand(b.shape, generator=gen) - 0.1)
 
 
+def run_data_command(*argv):
+    """Run a tokenizer/tasks/data subcommand as the CLI parses it, letting its exceptions propagate."""
+    import argparse
+
+    from r1lab import cli_data
+
+    parser = argparse.ArgumentParser(prog="r1lab")
+    sub = parser.add_subparsers(dest="command")
+    for add, _ in cli_data.COMMANDS.values():
+        add(sub)
+    args = parser.parse_args(list(argv))
+    return cli_data.COMMANDS[args.command][1](args)
+
+
 @pytest.fixture
 def micro():
     return micro_config

@@ -1,6 +1,5 @@
 """The task library: reference traces verify, verifiers are strict but forgiving of form, splits are disjoint."""
 
-import argparse
 import json
 import re
 import threading
@@ -8,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from r1lab import cli_data
+from conftest import run_data_command
 from r1lab.data import read_jsonl
 from r1lab.tasks import (
     FAMILIES,
@@ -286,37 +285,28 @@ def test_bad_names_list_the_valid_ones():
 # ------------------------------------------------------------------ command line
 
 
-def _run(*argv):
-    parser = argparse.ArgumentParser(prog="r1lab")
-    sub = parser.add_subparsers(dest="command")
-    for add, _ in cli_data.COMMANDS.values():
-        add(sub)
-    args = parser.parse_args(list(argv))
-    return cli_data.COMMANDS[args.command][1](args)
-
-
 def test_cli_tasks_list(capsys):
-    assert _run("tasks", "list") == 0
+    assert run_data_command("tasks", "list") == 0
     out = capsys.readouterr().out
     for name, family in FAMILIES.items():
         assert f"{name}: " in out
         assert all(meaning in out for meaning in family.levels.values())
     assert out.count("example (difficulty") == len(FAMILIES)
-    assert _run("tasks", "list", "--json") == 0
+    assert run_data_command("tasks", "list", "--json") == 0
     assert set(json.loads(capsys.readouterr().out)) == set(FAMILIES)
 
 
 def test_cli_tasks_show(capsys):
-    assert _run("tasks", "show", "--task", "shortest_path", "--difficulty", "3", "--seed", "2") == 0
+    assert run_data_command("tasks", "show", "--task", "shortest_path", "--difficulty", "3", "--seed", "2") == 0
     assert "verifier score of the solution: 1.0" in capsys.readouterr().out
 
 
 def test_cli_data_make(tmp_path, capsys):
     train, heldout, again = tmp_path / "train.jsonl", tmp_path / "held.jsonl", tmp_path / "again.jsonl"
     common = ["--task", "countdown", "--difficulty", "3", "--n", "200", "--seed", "1"]
-    assert _run("data", "make", *common, "--split", "train", "--out", str(train)) == 0
-    assert _run("data", "make", *common, "--split", "train", "--out", str(again)) == 0
-    assert _run("data", "make", *common, "--split", "heldout", "--out", str(heldout)) == 0
+    assert run_data_command("data", "make", *common, "--split", "train", "--out", str(train)) == 0
+    assert run_data_command("data", "make", *common, "--split", "train", "--out", str(again)) == 0
+    assert run_data_command("data", "make", *common, "--split", "heldout", "--out", str(heldout)) == 0
     assert "wrote 200 countdown problems" in capsys.readouterr().out
     assert train.read_bytes() == again.read_bytes()
     rows = list(read_jsonl(train))
@@ -329,12 +319,14 @@ def test_cli_data_make(tmp_path, capsys):
 def test_cli_data_make_errors_leave_no_file(tmp_path):
     out = tmp_path / "x.jsonl"
     with pytest.raises(ValueError, match="unknown task 'sudoku'; choose one of: arithmetic"):
-        _run("data", "make", "--task", "sudoku", "--difficulty", "1", "--split", "train", "--n", "5", "--out", str(out))
+        run_data_command("data", "make", "--task", "sudoku", "--difficulty", "1", "--split", "train", "--n", "5",
+                         "--out", str(out))
     with pytest.raises(ValueError, match="choose one of: 1, 2, 3, 4, 5"):
-        _run("data", "make", "--task", "linear", "--difficulty", "0", "--split", "train", "--n", "5", "--out", str(out))
+        run_data_command("data", "make", "--task", "linear", "--difficulty", "0", "--split", "train", "--n", "5",
+                         "--out", str(out))
     with pytest.raises(ValueError, match="distinct"):
-        _run("data", "make", "--task", "arithmetic", "--difficulty", "1", "--split", "heldout", "--n", "500",
-             "--out", str(out))
+        run_data_command("data", "make", "--task", "arithmetic", "--difficulty", "1", "--split", "heldout",
+                         "--n", "500", "--out", str(out))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -342,7 +334,7 @@ def test_cli_data_make_errors_leave_no_file(tmp_path):
                                   ["tokenizer", "train"], ["tokenizer", "encode"]])
 def test_cli_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        _run(*argv, "--help")
+        run_data_command(*argv, "--help")
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: r1lab " + " ".join(argv) in out and len(out) > 200

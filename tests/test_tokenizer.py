@@ -1,12 +1,11 @@
 """The tokenizer: trained on the task corpus, loaded by transformers, exact round trips, DeepSeek-R1's chat format."""
 
-import argparse
 import json
 import re
 
 import pytest
 
-from r1lab import cli_data
+from conftest import run_data_command
 from r1lab.config import preset
 from r1lab.tasks import generate, solution
 from r1lab.tokenizer import (
@@ -157,21 +156,12 @@ def test_vocab_size_bounds_the_vocabulary(corpus):
     assert build_tokenizer(corpus, vocab_size=300).get_vocab_size() == 300
 
 
-def _run(*argv):
-    parser = argparse.ArgumentParser(prog="r1lab")
-    sub = parser.add_subparsers(dest="command")
-    for add, _ in cli_data.COMMANDS.values():
-        add(sub)
-    args = parser.parse_args(list(argv))
-    return cli_data.COMMANDS[args.command][1](args)
-
-
 def test_cli_train_and_encode(tmp_path, capsys):
     out = tmp_path / "tok"
-    assert _run("tokenizer", "train", "--out", str(out), "--per-level", "20", "--vocab-size", "512") == 0
+    assert run_data_command("tokenizer", "train", "--out", str(out), "--per-level", "20", "--vocab-size", "512") == 0
     assert "saved to" in capsys.readouterr().out
     assert len(load_tokenizer(out)) <= 512
-    assert _run("tokenizer", "encode", "--tokenizer", str(out), "<think>\\n12") == 0
+    assert run_data_command("tokenizer", "encode", "--tokenizer", str(out), "<think>\\n12") == 0
     printed = capsys.readouterr().out
     assert [line.split()[-1] for line in printed.splitlines()] == ["'<think>'", "'\\n'", "'1'", "'2'", "tokens"]
     assert printed.endswith("4 tokens\n")
@@ -179,7 +169,7 @@ def test_cli_train_and_encode(tmp_path, capsys):
 
 def test_cli_train_on_a_data_file(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
-    assert _run("data", "make", "--task", "linear", "--difficulty", "3", "--split", "train", "--n", "50",
+    assert run_data_command("data", "make", "--task", "linear", "--difficulty", "3", "--split", "train", "--n", "50",
                 "--out", str(data)) == 0
-    assert _run("tokenizer", "train", "--out", str(tmp_path / "tok"), "--corpus", str(data)) == 0
+    assert run_data_command("tokenizer", "train", "--out", str(tmp_path / "tok"), "--corpus", str(data)) == 0
     assert "trained on 100 texts" in capsys.readouterr().out
