@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data import read_jsonl
+
 DEFAULT_SHIP = Path(__file__).resolve().parents[1] / "models"
 
 
@@ -101,9 +103,12 @@ class Pipeline:
 
     def model(self, stage: str) -> Path:
         """The checkpoint a stage produced."""
-        from .train import resolve_checkpoint
+        return stage_checkpoint(self.root, stage)
 
-        return resolve_checkpoint(self.path(stage) if stage != "grpo" else self.path("grpo") / "final")
+    def traces(self) -> tuple[Path, int]:
+        """The rejection-sampled SFT rows (written by the rs stage) and how many there are."""
+        path = self.root / "rs-traces.jsonl"
+        return path, sum(1 for _ in read_jsonl(path))
 
     def _done(self, stage: str) -> bool:
         return (self.root / f".{stage}.done").exists()
@@ -179,7 +184,6 @@ class Pipeline:
         data = self.root / "rs-traces.jsonl"
         _, stats = rejection_sample(self.model("grpo"), [c.task], [c.difficulty], c.rs_prompts, k=c.rs_k,
                                     max_tokens=c.max_tokens, seed=c.seed, out=data)
-        (self.root / "rs-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         self.say(f"rs: kept {stats['rows']} of {stats['samples']} samples ({stats['accept_rate']:.0%})")
         if stats["rows"] == 0:
             if not c.rs_fallback_to_reference:
@@ -191,9 +195,9 @@ class Pipeline:
                     for p in problems(c.task, c.difficulty, "train", c.rs_prompts, seed=c.seed)]
             write_jsonl(rows, data)
             stats["fallback_reference_rows"] = len(rows)
-            (self.root / "rs-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
             self.say("rs: no verified sample; using reference traces (rs_fallback_to_reference, CI setting)")
-        rows = sum(1 for _ in open(data))
+        (self.root / "rs-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        data, rows = self.traces()
         self._train(kind="sft", init=str(self.model("grpo")), out=str(self.path("rs")), data=[str(data)],
                     seq_len=128, steps=c.rs_sft_steps, batch_size=min(32, rows), lr=c.grpo_lr * 3,
                     warmup_steps=max(1, c.rs_sft_steps // 10), mtp_weight=0.1)
@@ -207,8 +211,7 @@ class Pipeline:
         config_dir = self.root / "student-config"
         config_dir.mkdir(exist_ok=True)
         student.save(config_dir)
-        data = self.root / "rs-traces.jsonl"
-        rows = sum(1 for _ in open(data))
+        data, rows = self.traces()
         self._train(kind="sft", model_config=str(config_dir), out=str(self.path("distill")),
                     tokenizer=str(self.path("tokenizer")), data=[str(data)], seq_len=128,
                     steps=c.distill_steps, batch_size=min(64, rows), lr=c.distill_lr,
@@ -247,22 +250,26 @@ class Pipeline:
         return write_report(self.root, self.cfg, self.timings)
 
 
-def ship(run_root: Path, ship_dir: Path) -> None:
-    """Copy the run's checkpoints (weights, config, tokenizer; no optimiser state) and report into `ship_dir`."""
+def stage_checkpoint(root: Path, stage: str) -> Path:
+    """The checkpoint directory a stage of the run at `root` produced (GRPO keeps its policy in `final/`)."""
     from .train import resolve_checkpoint
 
+    return resolve_checkpoint(root / stage if stage != "grpo" else root / "grpo" / "final")
+
+
+def ship(run_root: Path, ship_dir: Path) -> None:
+    """Copy the run's checkpoints (weights, config, tokenizer; no optimiser state) and report into `ship_dir`."""
     ship_dir.mkdir(parents=True, exist_ok=True)
-    for stage, name in (("sft", "tiny-r1-sft"), ("grpo/final", "tiny-r1"), ("distill", "tiny-r1-distill")):
-        source = resolve_checkpoint(run_root / stage)
+    for stage, name in (("sft", "tiny-r1-sft"), ("grpo", "tiny-r1"), ("distill", "tiny-r1-distill")):
+        source = stage_checkpoint(run_root, stage)
         target = ship_dir / name
         tmp = ship_dir / f".{name}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
         for file in source.iterdir():
+            # training state lives in a training_state/ subdirectory, which is_file() leaves behind
             if file.is_file() and (file.suffix in (".json", ".safetensors") or file.name.startswith("tokenizer")):
-                if file.name in ("training_state.json",):
-                    continue
                 shutil.copy(file, tmp / file.name)
         if target.exists():
             shutil.rmtree(target)
