@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from r1lab.config import DEFAULT_MODEL_DIR
+
 QUESTIONS = ["What is 46 + 51?", "Solve for x: 3x + 4 = 19", "Make 24 from 2, 3, 4 using + - * /.",
              "What is 12 * 13?"]
 
@@ -89,7 +91,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models" / "tiny-r1"))
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--url", help="target an already running server instead of starting one")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny-r1"
+from .config import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 
 
 def add_chat(sub) -> None:

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Checkpoints shipped in the repository (written by `r1lab run --ship`); tiny-r1 is the default of chat, serve, eval.
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL_DIR = SHIPPED_MODELS_DIR / "tiny-r1"
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and what is allowed."""

@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import SHIPPED_MODELS_DIR as DEFAULT_SHIP
 from .data import read_jsonl
-
-DEFAULT_SHIP = Path(__file__).resolve().parents[1] / "models"
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-r1"
+from ..config import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 
 
 def add_serve(sub) -> None:
