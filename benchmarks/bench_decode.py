@@ -28,7 +28,7 @@ import torch
 
 from r1lab.checkpoint import load_model
 from r1lab.config import preset
-from r1lab.engine import EngineConfig, LLMEngine, SamplingParams
+from r1lab.engine import EngineConfig, LLMEngine, SamplingParams, tokenizer_from_dir
 from r1lab.model import DeepseekV3ForCausalLM
 
 
@@ -70,10 +70,8 @@ def run(model_dir: str, repeats: int, new_tokens: int) -> dict:
     model = load_model(model_dir)
     cfg = model.config
     hf = _hf(model_dir)
-    engine = LLMEngine(model, EngineConfig(max_num_seqs=64, enable_prefix_caching=False))
-    from r1lab.engine.llm_engine import _load_tokenizer
-
-    engine.tokenizer = _load_tokenizer(Path(model_dir))
+    engine = LLMEngine(model, EngineConfig(max_num_seqs=64, enable_prefix_caching=False),
+                       tokenizer=tokenizer_from_dir(model_dir))
     results: dict = {}
 
     # batch 1 and 32 concurrent: interleave ours and theirs, median of repeats

@@ -53,8 +53,9 @@ class RequestOutput:
     metrics: dict = field(default_factory=dict)
 
 
-def _load_tokenizer(path: Path):
-    file = path / "tokenizer.json"
+def tokenizer_from_dir(path: str | Path):
+    """The `tokenizers.Tokenizer` saved in a checkpoint directory, or None when it has none."""
+    file = Path(path) / "tokenizer.json"
     if not file.exists():
         return None
     from tokenizers import Tokenizer
@@ -72,7 +73,7 @@ class LLMEngine:
             self.model = model.eval()
         else:
             self.model = load_model(model, dtype=resolve_dtype(self.config.dtype))
-            tokenizer = tokenizer or _load_tokenizer(Path(model))
+            tokenizer = tokenizer or tokenizer_from_dir(model)
         self.tokenizer = tokenizer
         cfg = self.model.config
         self.max_model_len = min(self.config.max_model_len or cfg.max_position_embeddings,

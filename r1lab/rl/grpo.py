@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model
-from ..engine import EngineConfig, LLMEngine
+from ..engine import EngineConfig, LLMEngine, tokenizer_from_dir
 from ..model import update_balance_bias
 from ..tasks import problems as task_problems
 from .loss import AGGREGATIONS, group_advantages, grpo_loss
@@ -131,10 +131,8 @@ class GRPOTrainer:
         self.model = load_model(self.init_dir)
         self.ref = copy.deepcopy(self.model).eval() if cfg.beta > 0 else None
         self.engine = LLMEngine(self.model, EngineConfig(
-            max_num_seqs=cfg.prompts_per_step * cfg.group_size, max_num_batched_tokens=4096, cache_memory_mb=256))
-        from tokenizers import Tokenizer
-
-        self.engine.tokenizer = Tokenizer.from_file(str(self.init_dir / "tokenizer.json"))
+            max_num_seqs=cfg.prompts_per_step * cfg.group_size, max_num_batched_tokens=4096, cache_memory_mb=256),
+            tokenizer=tokenizer_from_dir(self.init_dir))
         self.pad_id = self.model.config.eos_token_id or 0
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                            weight_decay=cfg.weight_decay)
