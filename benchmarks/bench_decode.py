@@ -66,19 +66,19 @@ def _ours(engine: LLMEngine, prompts: list[list[int]], new_tokens: int) -> float
     return time.perf_counter() - start
 
 
-def run(model_dir: str, repeats: int, new_tokens: int) -> dict:
+def run(model_dir: str, repeats: int, new_tokens: int, compile: bool = True) -> dict:
     model = load_model(model_dir)
     cfg = model.config
     hf = _hf(model_dir)
-    engine = LLMEngine(model, EngineConfig(max_num_seqs=64, enable_prefix_caching=False),
+    engine = LLMEngine(model, EngineConfig(max_num_seqs=64, enable_prefix_caching=False, compile=compile),
                        tokenizer=tokenizer_from_dir(model_dir))
     results: dict = {}
 
     # batch 1 and 32 concurrent: interleave ours and theirs, median of repeats
     for label, count in (("decode_b1", 1), ("concurrent32", 32)):
         prompts = [_prompt(cfg.vocab_size, 32, seed=i) for i in range(count)]
-        _ours(engine, prompts, 4)
-        _hf_generate(hf, prompts, 4)  # warm-up both
+        _ours(engine, prompts, new_tokens)  # warm-up both (ours: compiles the decode step)
+        _hf_generate(hf, prompts, 4)
         ours, theirs = [], []
         for _ in range(repeats):
             ours.append(_ours(engine, prompts, new_tokens))
@@ -122,15 +122,21 @@ def run(model_dir: str, repeats: int, new_tokens: int) -> dict:
         else:
             prompts = [_prompt(cfg.vocab_size, 32, seed=i) for i in range(8)]
         mtp_results = {"plain": [], "spec": []}
-        plain_engine = LLMEngine(model, EngineConfig(enable_prefix_caching=False), tokenizer=engine.tokenizer)
-        spec_engine = LLMEngine(model, EngineConfig(enable_prefix_caching=False, speculative_mtp=True),
+        plain_engine = LLMEngine(model, EngineConfig(enable_prefix_caching=False, compile=compile),
+                                 tokenizer=engine.tokenizer)
+        spec_engine = LLMEngine(model, EngineConfig(enable_prefix_caching=False, speculative_mtp=True, compile=compile),
                                 tokenizer=engine.tokenizer)
+        for prompt in prompts[:2]:  # warm-up (compilation)
+            _ours(plain_engine, [prompt], new_tokens)
+            _ours(spec_engine, [prompt], new_tokens)
+        drafted, accepted = spec_engine.stats["drafted_tokens"], spec_engine.stats["accepted_tokens"]
         for _ in range(repeats):  # batch-1 decode, one prompt after another, as a chat user would see it
             for prompt in prompts:
                 mtp_results["plain"].append(_ours(plain_engine, [prompt], new_tokens))
                 mtp_results["spec"].append(_ours(spec_engine, [prompt], new_tokens))
         results["mtp_speedup"] = round(sum(mtp_results["plain"]) / sum(mtp_results["spec"]), 2)
-        results["mtp_acceptance"] = round(spec_engine.acceptance_rate, 3)
+        drafted = spec_engine.stats["drafted_tokens"] - drafted
+        results["mtp_acceptance"] = round((spec_engine.stats["accepted_tokens"] - accepted) / drafted, 3)
     return results
 
 
@@ -140,6 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-compile", action="store_true", help="run our engine eagerly (no torch.compile)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -151,8 +158,9 @@ def main() -> None:
             model.save_pretrained(tmp)
             model_dir = tmp
         print(f"model: {Path(model_dir).name if args.model else 'random tiny'}; {args.threads} threads; "
-              f"{args.new_tokens} new tokens per request; median of {args.repeats}")
-        results = run(model_dir, args.repeats, args.new_tokens)
+              f"{args.new_tokens} new tokens per request; median of {args.repeats}; "
+              f"{'eager' if args.no_compile else 'compiled'} decode step")
+        results = run(model_dir, args.repeats, args.new_tokens, compile=not args.no_compile)
     for key, value in results.items():
         print(f"  {key:<36} {value}")
     if args.json:

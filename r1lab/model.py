@@ -312,7 +312,21 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # inference engine's compiled decode step (no autograd there)
+        return _grouped_mm_opaque(x, w, offs)
     return _ContiguousGrad.apply(torch._grouped_mm(x, w, offs=offs))
+
+
+@torch.library.custom_op("r1lab::grouped_mm", mutates_args=())
+def _grouped_mm_opaque(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm as an opaque op for torch.compile, whose shape check for it accepts only bf16 on CPU
+    although the CPU kernel itself computes fp32 too."""
+    return torch._grouped_mm(x, w, offs=offs)
+
+
+@_grouped_mm_opaque.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
 
 
 def _grouped_mm_works() -> bool:
@@ -346,7 +360,9 @@ class MoE(nn.Module):
         flat = x.reshape(-1, dim)
         routing = self.gate(flat)
         with torch.no_grad():
-            self.load = torch.bincount(routing.experts.flatten(), minlength=routing.scores.shape[1])
+            chosen = routing.experts.flatten()  # bincount, but with a static output shape (torch.compile)
+            self.load = torch.zeros_like(routing.scores[0], dtype=torch.long).scatter_add_(
+                0, chosen, torch.ones_like(chosen))
         if self.training:
             self.balance_loss = sequence_balance_loss(
                 routing.scores.view(batch, seq, -1), routing.experts.view(batch, seq, -1)

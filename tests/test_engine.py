@@ -192,3 +192,15 @@ def test_a_sequence_larger_than_the_cache_ends_with_length_not_a_hang(model):
                                                                          ignore_eos=True))[0]
     assert out.outputs[0].finish_reason == "length" and 10 + len(out.outputs[0].token_ids) <= 25
     engine.block_manager.check_no_leaks()
+
+
+def test_compiled_decode_step_gives_the_eager_output(model):
+    """torch.compile'd decode matches eager greedy: batch > 1 and batch 1, the plain width-1 step (a sequence's
+    first decode step) and the width-2 speculative verify, and the compiled MTP draft."""
+    ps = prompts(3, seed=11)
+    eager = LLMEngine(model, EngineConfig(block_size=4, num_blocks=200)).generate(ps, GREEDY)
+    engine = LLMEngine(model, EngineConfig(block_size=4, num_blocks=200, compile=True, speculative_mtp=True))
+    outs = engine.generate(ps, GREEDY) + engine.generate(ps[:1], GREEDY)
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in eager + eager[:1]]
+    assert engine.stats["drafted_tokens"] > 0
+    engine.block_manager.check_no_leaks()

@@ -15,6 +15,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     enable_prefix_caching: bool = True
     speculative_mtp: bool = False  # draft with the MTP module, verify with the main model (greedy requests)
+    compile: bool = False  # torch.compile the decode step (first steps pay seconds of compilation)
     max_waiting: int | None = None  # queue limit; add_request raises QueueFullError beyond it
     dtype: str = "float32"
     threads: int | None = None

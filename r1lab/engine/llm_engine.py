@@ -25,7 +25,7 @@ from ..model import DeepseekV3ForCausalLM
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner
-from .sampling import SamplingParams, sample_one
+from .sampling import SamplingParams, sample_rows
 from .scheduler import Scheduler
 from .sequence import Sequence
 
@@ -83,7 +83,7 @@ class LLMEngine:
         num_blocks = self.config.num_blocks or max(1, int(self.config.cache_memory_mb * 2**20 // bytes_per_block))
         self.block_manager = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.config, self.block_manager)
-        self.runner = ModelRunner(self.model, num_blocks, self.config.block_size)
+        self.runner = ModelRunner(self.model, num_blocks, self.config.block_size, self.config.compile)
         self.speculative = self.config.speculative_mtp
         if self.speculative and cfg.num_nextn_predict_layers < 1:
             raise ValueError("speculative_mtp=True needs a checkpoint with MTP weights (num_nextn_predict_layers >= 1)")
@@ -163,13 +163,21 @@ class LLMEngine:
                 seq.draft_ids = []
             batch.num_tokens = [n if batch.is_prefill else 1 for n in batch.num_tokens]
             logits, hidden = self.runner.forward(batch)
+            ready = []  # rows whose whole known sequence is now computed: they sample their next token
             for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
                 seq.num_computed += n
                 self._hash_blocks(seq)
-                if seq.num_computed == seq.num_tokens:  # whole known sequence computed: sample the next token
+                if seq.num_computed == seq.num_tokens:
                     self.scheduler.promote(seq)
-                    self._append(seq, logits[row])
+                    if not seq.finished:
+                        ready.append(row)
                 touched.add(seq.request_id)
+            if ready:
+                seqs = [batch.seqs[row] for row in ready]
+                samples = sample_rows(logits[ready], [s.params for s in seqs],
+                                      [(s.prompt_ids, s.output_ids) for s in seqs], [s.generator for s in seqs])
+                for seq, sample in zip(seqs, samples, strict=True):
+                    self._accept_token(seq, sample.token, sample)
             if self.speculative:
                 self._draft(batch, hidden)
         return [self._output(rid) for rid in touched if rid in self.requests]
@@ -177,12 +185,6 @@ class LLMEngine:
     def _hash_blocks(self, seq: Sequence) -> None:
         seq.num_hashed_blocks = self.block_manager.register_full_blocks(
             seq.block_table, seq.all_ids[:seq.num_computed], seq.num_hashed_blocks)
-
-    def _append(self, seq: Sequence, logits: torch.Tensor) -> None:
-        if seq.finished:
-            return
-        sample = sample_one(logits, seq.params, seq.prompt_ids, seq.output_ids, seq.generator)
-        self._accept_token(seq, sample.token, sample)
 
     def _accept_token(self, seq: Sequence, token: int, sample=None) -> None:
         if seq.first_token_time is None:

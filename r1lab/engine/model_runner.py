@@ -1,6 +1,6 @@
 """Runs the model over a scheduled batch, against a paged cache of MLA latents.
 
-The cache is one tensor [layers, num_blocks * block_size, kv_lora_rank + qk_rope_head_dim]: exactly what absorbed
+The cache is one tensor [num_blocks * block_size, kv_lora_rank + qk_rope_head_dim] per layer: exactly what absorbed
 MLA needs per token per layer, nothing else (no per-head keys or values). A sequence's tokens live in the slots
 of the blocks in its block table. Before a forward the runner binds the batch's layout (slots to write, block
 tables to read, positions) into `PagedLatentCache`; the model's attention layers then call `update` exactly as
@@ -13,6 +13,7 @@ prefill of prompts of different lengths.
 from __future__ import annotations
 
 import torch
+import torch._dynamo
 
 from ..model import DeepseekV3ForCausalLM
 from .scheduler import ScheduledBatch
@@ -22,12 +23,17 @@ from .sequence import Sequence
 class PagedLatentCache:
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, dim: int, dtype: torch.dtype):
         self.block_size = block_size
-        self.kv = torch.zeros(num_layers, num_blocks * block_size, dim, dtype=dtype)
+        # One slot past the last block takes the writes of padding tokens, so every step writes a fixed number
+        # of rows (no data-dependent shapes: the compiled decode step stays one graph).
+        self.padding_slot = num_blocks * block_size
+        # One tensor per layer rather than views of one big tensor: a compiled step then updates each in place,
+        # where writing through a view makes inductor copy the whole cache every step.
+        self.layers = [torch.zeros(num_blocks * block_size + 1, dim, dtype=dtype) for _ in range(num_layers)]
         self._slots = self._gather = self._mask = None
 
     @property
     def bytes_per_token_per_layer(self) -> int:
-        return self.kv.shape[-1] * self.kv.element_size()
+        return self.layers[0].shape[-1] * self.layers[0].element_size()
 
     def bind(self, slots: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
              positions: torch.Tensor) -> None:
@@ -40,12 +46,17 @@ class PagedLatentCache:
         valid = key_pos[None, :] < context_lens[:, None]  # [B, S]
         causal = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
         self._mask = (valid[:, None, :] & causal).unsqueeze(1)  # [B, 1, T, S]
-        self._write = slots.flatten() >= 0
-        self._slots = slots.flatten()[self._write]
+        self._slots = slots.flatten().masked_fill(slots.flatten() < 0, self.padding_slot)
+        # Tell torch.compile up front that these sizes change from step to step (cached length, batch size,
+        # step width), instead of letting it compile a static graph first and a dynamic one on the next step.
+        for tensor in (self._gather, self._mask, self._slots):
+            for dim in range(tensor.dim()):
+                if tensor.shape[dim] != 1:
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
     def update(self, layer_idx: int, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        layer = self.kv[layer_idx]
-        layer.index_copy_(0, self._slots, latent.reshape(-1, latent.shape[-1])[self._write].to(layer.dtype))
+        layer = self.layers[layer_idx]
+        layer.index_copy_(0, self._slots, latent.reshape(-1, latent.shape[-1]).to(layer.dtype))
         batch, span = self._gather.shape
         return layer.index_select(0, self._gather.flatten()).view(batch, span, -1), self._mask
 
@@ -53,13 +64,26 @@ class PagedLatentCache:
         pass
 
 
+# Decode steps at most this wide (1 token, or 1 + an MTP draft) run through the compiled model when compiling is
+# on; prefill chunks, whose widths vary widely, stay eager.
+_COMPILED_MAX_WIDTH = 2
+
+
 class ModelRunner:
-    def __init__(self, model: DeepseekV3ForCausalLM, num_blocks: int, block_size: int):
+    def __init__(self, model: DeepseekV3ForCausalLM, num_blocks: int, block_size: int, compile: bool = False):
         self.model = model
         cfg = model.config
         layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers
         self.cache = PagedLatentCache(layers, num_blocks, block_size, cfg.latent_dim, model.dtype)
         self.block_size = block_size
+        self._decode_forward, self._decode_mtp_step = model.forward, model.mtp_step
+        if compile:
+            # A tiny model's decode step is a few hundred small ops, so per-op dispatch, not arithmetic, bounds
+            # it; inductor fuses the elementwise work into a few C++ kernels. Shapes are dynamic (batch size and
+            # cached length change every step), and a handful of graphs cover batch 1 / batch > 1, width 1 / 2.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+            self._decode_forward = torch.compile(model.forward, dynamic=True)
+            self._decode_mtp_step = torch.compile(model.mtp_step, dynamic=True)
 
     def _bind(self, seqs: list[Sequence], starts: list[int], tokens: list[list[int]]
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +116,8 @@ class ModelRunner:
             tokens = [s.all_ids[st:st + n] for s, st, n in zip(seqs, starts, batch.num_tokens, strict=True)]
         ids, positions = self._bind(seqs, starts, tokens)
         keep = None if all_logits else torch.tensor([len(t) - 1 for t in tokens])
-        out = self.model(ids, positions=positions, cache=self.cache, logits_to_keep=keep)
+        forward = self._decode_forward if ids.shape[1] <= _COMPILED_MAX_WIDTH else self.model.forward
+        out = forward(ids, positions=positions, cache=self.cache, logits_to_keep=keep)
         return (out.logits if all_logits else out.logits[:, 0]), out.hidden_states
 
     @torch.inference_mode()
@@ -100,5 +125,6 @@ class ModelRunner:
         """Run the MTP module: row i combines hidden[i, j] (position starts[i] + j) with tokens[i][j] (the token
         after it); writes the module's cache layer and returns logits [B, T, V] for the token after that."""
         ids, positions = self._bind(seqs, starts, tokens)
-        logits, _ = self.model.mtp_step(hidden[:, :ids.shape[1]], ids, positions, self.cache)
+        mtp_step = self._decode_mtp_step if ids.shape[1] <= _COMPILED_MAX_WIDTH else self.model.mtp_step
+        logits, _ = mtp_step(hidden[:, :ids.shape[1]], ids, positions, self.cache)
         return logits

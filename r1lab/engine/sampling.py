@@ -6,7 +6,8 @@ field and its allowed range, so the server can return them to clients as 400 err
 The sampler applies, in order: repetition penalty (divide positive logits / multiply negative ones of tokens
 seen in prompt or output), presence and frequency penalties (subtract from logits of generated tokens), temperature,
 top-k, top-p; then draws with the request's own generator, so a seeded request is reproducible whatever else
-shares its batch. Temperature 0 means greedy.
+shares its batch. Temperature 0 means greedy. All rows of a step are sampled together (`sample_rows`): a
+per-row sampler costs tens of microseconds a row, which at a few hundred rollouts per step outweighs the model.
 """
 
 from __future__ import annotations
@@ -83,23 +84,6 @@ def apply_penalties(logits: torch.Tensor, params: SamplingParams, prompt_ids: li
     return logits
 
 
-def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, top-k and top-p applied to one sequence's logits [V]; returns probabilities."""
-    logits = logits.float() / max(params.temperature, 1e-6)
-    if params.top_k and params.top_k < logits.shape[-1]:
-        kth = logits.topk(params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # keep the smallest prefix whose mass reaches top_p (the token that crosses the line stays)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        probs = probs / probs.sum()
-    return probs
-
-
 @dataclass
 class Sample:
     token: int
@@ -107,19 +91,64 @@ class Sample:
     top_logprobs: list[tuple[int, float]] | None = None
 
 
-def sample_one(logits: torch.Tensor, params: SamplingParams, prompt_ids: list[int], output_ids: list[int],
-               generator: torch.Generator | None) -> Sample:
-    logits = apply_penalties(logits, params, prompt_ids, output_ids)
-    if params.greedy:
-        token = int(logits.argmax())
-    else:
-        token = int(torch.multinomial(filtered_probs(logits, params), 1, generator=generator))
-    if not params.logprobs:
-        return Sample(token)
-    # Log-probabilities of the model's distribution (after penalties, before temperature), as OpenAI reports.
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    top = []
-    if params.top_logprobs:
-        values, ids = logp.topk(params.top_logprobs)
-        top = list(zip(ids.tolist(), values.tolist(), strict=True))
-    return Sample(token, float(logp[token]), top)
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams], histories: list[tuple[list[int], list[int]]],
+                generators: list[torch.Generator | None]) -> list[Sample]:
+    """One token per row of logits [B, V]; row i follows params[i], its (prompt_ids, output_ids) history (for
+    penalties) and its own generator (seeded requests).
+
+    The rows are sampled together: penalties per row where set, then temperature, top-k and top-p as batched
+    tensor ops, then one inverse-CDF draw per row. Each row's uniform number comes from the row's own generator
+    when it has one, so a seeded request gives the same tokens whatever else shares its batch.
+    """
+    logits = logits.float()
+    penalised = [i for i, p in enumerate(params)
+                 if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty]
+    if penalised:
+        logits = logits.clone()
+        for i in penalised:
+            logits[i] = apply_penalties(logits[i], params[i], *histories[i])
+    tokens = logits.argmax(-1).tolist()  # greedy rows keep these
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if sampled:
+        rows = torch.tensor(sampled)
+        row_params = [params[i] for i in sampled]
+        temperature = torch.tensor([p.temperature for p in row_params]).unsqueeze(-1)
+        probs = torch.softmax(logits.index_select(0, rows) / temperature, dim=-1)
+        order = None
+        if any(p.top_k or p.top_p < 1.0 for p in row_params):
+            probs, order = probs.sort(dim=-1, descending=True)
+            rank = torch.arange(probs.shape[-1])
+            top_k = torch.tensor([p.top_k or probs.shape[-1] for p in row_params]).unsqueeze(-1)
+            top_p = torch.tensor([p.top_p for p in row_params]).unsqueeze(-1)
+            # keep the k most likely, and the smallest prefix whose mass reaches top_p (the token that crosses
+            # the line stays)
+            drop = (rank >= top_k) | (probs.cumsum(-1) - probs >= top_p)
+            probs = probs.masked_fill(drop, 0.0)
+        cdf = probs.cumsum(-1)
+        unseeded = [j for j, i in enumerate(sampled) if generators[i] is None]
+        uniform = torch.empty(len(sampled))
+        if unseeded:
+            uniform[unseeded] = torch.rand(len(unseeded))
+        for j, i in enumerate(sampled):
+            if generators[i] is not None:
+                uniform[j] = torch.rand(1, generator=generators[i])
+        # the first token whose cumulative mass exceeds u * total: a zero-probability token is never picked
+        picks = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1), right=True)
+        picks = picks.clamp_(max=cdf.shape[-1] - 1)
+        if order is not None:
+            picks = order.gather(-1, picks)
+        for i, token in zip(sampled, picks.squeeze(-1).tolist(), strict=True):
+            tokens[i] = token
+    samples = []
+    for i, (p, token) in enumerate(zip(params, tokens, strict=True)):
+        if not p.logprobs:
+            samples.append(Sample(token))
+            continue
+        # Log-probabilities of the model's distribution (after penalties, before temperature), as OpenAI reports.
+        logp = torch.log_softmax(logits[i], dim=-1)
+        top = []
+        if p.top_logprobs:
+            values, ids = logp.topk(p.top_logprobs)
+            top = list(zip(ids.tolist(), values.tolist(), strict=True))
+        samples.append(Sample(token, float(logp[token]), top))
+    return samples

@@ -17,7 +17,7 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the scheduler removes sequences from its queues by identity
 class Sequence:
     request_id: str
     index: int  # which of the request's n samples

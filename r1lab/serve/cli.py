@@ -27,6 +27,9 @@ def add_serve(sub) -> None:
     p.add_argument("--max-model-len", type=int, help="context limit (default: the model's)")
     p.add_argument("--cache-memory-mb", type=float, default=256.0, help="memory for the paged latent cache")
     p.add_argument("--speculative-mtp", action="store_true", help="draft with the MTP module (greedy requests)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: about 3x faster decoding of small models on CPU, after "
+                        "tens of seconds of compilation spread over the first requests")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--log-level", default="warning")
 
@@ -44,7 +47,8 @@ def serve(args) -> int:
     pricing = Pricing.from_file(args.pricing) if args.pricing else Pricing()
     engine = LLMEngine(model_dir, EngineConfig(
         max_num_seqs=args.max_num_seqs, max_waiting=args.max_waiting, max_model_len=args.max_model_len,
-        cache_memory_mb=args.cache_memory_mb, speculative_mtp=args.speculative_mtp, threads=args.threads))
+        cache_memory_mb=args.cache_memory_mb, speculative_mtp=args.speculative_mtp, threads=args.threads,
+        compile=args.compile))
     if engine.tokenizer is None:
         raise FileNotFoundError(f"{model_dir} has no tokenizer.json; chat needs one")
     name = args.served_model_name or model_dir.name
