@@ -59,8 +59,8 @@ def _hf_generate(hf, prompts: list[list[int]], new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def _ours(engine: LLMEngine, prompts: list[list[int]], new_tokens: int) -> float:
-    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+def _ours(engine: LLMEngine, prompts: list[list[int]], new_tokens: int, ignore_eos: bool = True) -> float:
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=ignore_eos)
     start = time.perf_counter()
     engine.generate(prompts, params)
     return time.perf_counter() - start
@@ -126,14 +126,16 @@ def run(model_dir: str, repeats: int, new_tokens: int, compile: bool = True) -> 
                                  tokenizer=engine.tokenizer)
         spec_engine = LLMEngine(model, EngineConfig(enable_prefix_caching=False, speculative_mtp=True, compile=compile),
                                 tokenizer=engine.tokenizer)
+        # Requests end at EOS, as a chat reply does (past its end a model generates noise no drafter predicts).
+        # Greedy outputs are identical with and without drafting, so both sides generate the same tokens.
         for prompt in prompts[:2]:  # warm-up (compilation)
-            _ours(plain_engine, [prompt], new_tokens)
-            _ours(spec_engine, [prompt], new_tokens)
+            _ours(plain_engine, [prompt], new_tokens, ignore_eos=False)
+            _ours(spec_engine, [prompt], new_tokens, ignore_eos=False)
         drafted, accepted = spec_engine.stats["drafted_tokens"], spec_engine.stats["accepted_tokens"]
         for _ in range(repeats):  # batch-1 decode, one prompt after another, as a chat user would see it
             for prompt in prompts:
-                mtp_results["plain"].append(_ours(plain_engine, [prompt], new_tokens))
-                mtp_results["spec"].append(_ours(spec_engine, [prompt], new_tokens))
+                mtp_results["plain"].append(_ours(plain_engine, [prompt], new_tokens, ignore_eos=False))
+                mtp_results["spec"].append(_ours(spec_engine, [prompt], new_tokens, ignore_eos=False))
         results["mtp_speedup"] = round(sum(mtp_results["plain"]) / sum(mtp_results["spec"]), 2)
         drafted = spec_engine.stats["drafted_tokens"] - drafted
         results["mtp_acceptance"] = round((spec_engine.stats["accepted_tokens"] - accepted) / drafted, 3)

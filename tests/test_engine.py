@@ -162,7 +162,8 @@ def test_speculative_mtp_equals_plain_greedy(model):
 
 
 def test_speculative_accept_path_with_oracle_drafts(model):
-    """Drafts that are always right must all be accepted, two tokens per step, output unchanged."""
+    """Drafts that are always right (after the first plain step and after each verification) must all be
+    accepted, two tokens per step, output unchanged."""
     ps = prompts(3, seed=10)
     plain = LLMEngine(model, EngineConfig(block_size=4, num_blocks=200)).generate(ps, GREEDY)
     engine = LLMEngine(model, EngineConfig(block_size=4, num_blocks=200, speculative_mtp=True))
@@ -176,7 +177,17 @@ def test_speculative_accept_path_with_oracle_drafts(model):
             logits[row, last, reference_greedy(model, seq.all_ids, 1)[0]] = 0
         return logits
 
+    real_verify = engine.runner.verify_and_draft
+
+    def oracle_verify(seqs, drafts):
+        targets, _ = real_verify(seqs, drafts)  # keeps both cache layers written
+        next_drafts = [[reference_greedy(model, seq.all_ids + t[:1], 1)[0],  # after a rejection
+                        reference_greedy(model, seq.all_ids + t, 1)[0]]  # after an acceptance
+                       for seq, t in zip(seqs, targets, strict=True)]
+        return targets, next_drafts
+
     engine.runner.draft = oracle
+    engine.runner.verify_and_draft = oracle_verify
     spec = engine.generate(ps, GREEDY)
     for a, b in zip(plain, spec, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids

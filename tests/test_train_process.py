@@ -75,7 +75,16 @@ def test_two_ranks_follow_one_rank_with_twice_the_batch(workspace, tmp_path):  #
            "train", "sft", "--config", str(workspace / "config.json"), "--tokenizer", str(workspace / "tok"),
            "--tasks", "arithmetic", "linear", "--difficulties", "1", "2", "--per-level", "8", "--batch-size", "2",
            "--out", str(tmp_path / "ddp"), *steps]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    # Own process group, so that on a timeout the ranks die with their launcher instead of lingering.
+    launcher = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    try:
+        stdout, stderr = launcher.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        stdout, stderr = launcher.communicate()
+        raise AssertionError(f"two-rank run timed out; stderr:\n{stderr[-3000:]}") from None
+    done = subprocess.CompletedProcess(cmd, launcher.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == str(tmp_path / "ddp" / LINK)  # printed once, by rank 0
     run(workspace, tmp_path / "single", kind="sft", seq_len=64, batch_size=4, steps=4)

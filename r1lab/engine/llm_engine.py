@@ -257,42 +257,29 @@ class LLMEngine:
             seq.draft_ids = [int(logits[i, len(next_ids[i]) - 1].argmax())] if seq.params.greedy else []
 
     def _speculative_step(self, batch, touched: set[str]) -> None:
-        """Verify [last token, draft] in one forward; keep the draft if the main model agrees (greedy)."""
-        batch.num_tokens = [2] * len(batch.seqs)
-        feed = [[seq.all_ids[-1], seq.draft_ids[0]] for seq in batch.seqs]
-        logits, hidden = self.runner.forward(batch, tokens=feed, all_logits=True)
-        verified_rows, verified_starts, verified_next = [], [], []
-        for row, seq in enumerate(batch.seqs):
+        """Verify [last token, draft] and draft the next token in one pass; keep the draft if the main model
+        agrees (greedy), and then the main model's next token too."""
+        seqs = batch.seqs
+        targets, next_drafts = self.runner.verify_and_draft(seqs, [seq.draft_ids[0] for seq in seqs])
+        for seq, target, next_draft in zip(seqs, targets, next_drafts, strict=True):
             touched.add(seq.request_id)
             draft = seq.draft_ids[0]
             seq.draft_ids = []
-            start = seq.num_computed
-            target = int(logits[row, 0].argmax())
             seq.num_computed += 1  # the last sampled token is now in the cache
             self._hash_blocks(seq)
-            self._accept_token(seq, target)
+            self._accept_token(seq, target[0])
             if seq.finished:  # the draft was never needed; it does not count towards acceptance
                 continue
             self.stats["drafted_tokens"] += 1
-            if target == draft:
-                self.stats["accepted_tokens"] += 1
-                seq.num_computed += 1  # the draft's latent, written at its position, is valid
-                self._hash_blocks(seq)
-                bonus = int(logits[row, 1].argmax())
-                self._accept_token(seq, bonus)
-                if seq.finished:
-                    continue
-                verified_next.append([target, bonus])
-            else:
-                verified_next.append([target])
-            verified_rows.append(row)
-            verified_starts.append(start)
-        if not verified_rows:
-            return
-        seqs = [batch.seqs[r] for r in verified_rows]
-        draft_logits = self.runner.draft(seqs, hidden[verified_rows], verified_starts, verified_next)
-        for i, seq in enumerate(seqs):
-            seq.draft_ids = [int(draft_logits[i, len(verified_next[i]) - 1].argmax())]
+            if target[0] != draft:
+                seq.draft_ids = [next_draft[0]]
+                continue
+            self.stats["accepted_tokens"] += 1
+            seq.num_computed += 1  # the draft's latent, written at its position, is valid
+            self._hash_blocks(seq)
+            self._accept_token(seq, target[1])
+            if not seq.finished:
+                seq.draft_ids = [next_draft[1]]
 
     # ------------------------------------------------------------------ batch API
     def generate(self, prompts: Iterable[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None,

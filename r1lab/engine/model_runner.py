@@ -69,6 +69,21 @@ class PagedLatentCache:
 _COMPILED_MAX_WIDTH = 2
 
 
+def greedy_verify_and_draft(model: DeepseekV3ForCausalLM, ids: torch.Tensor, positions: torch.Tensor, cache):
+    """One greedy speculative step in one pass: ids [B, 2] = [last token, draft] at positions [p, p + 1].
+
+    The main model gives its own choices targets[:, 0] (for p + 1) and targets[:, 1] (for p + 2, meaningful only
+    if the draft equals targets[:, 0]). The MTP module then runs at both positions with those choices, so the
+    next draft is ready whichever way verification goes: drafts[:, 0] if the draft was rejected, drafts[:, 1] if
+    it was accepted. Its latent written at p + 1 after a rejection is stale but overwritten by the next step,
+    which starts at p + 1.
+    """
+    out = model(ids, positions=positions, cache=cache)
+    targets = out.logits.argmax(-1)
+    draft_logits, _ = model.mtp_step(out.hidden_states, targets, positions, cache)
+    return targets, draft_logits.argmax(-1)
+
+
 class ModelRunner:
     def __init__(self, model: DeepseekV3ForCausalLM, num_blocks: int, block_size: int, compile: bool = False):
         self.model = model
@@ -77,6 +92,7 @@ class ModelRunner:
         self.cache = PagedLatentCache(layers, num_blocks, block_size, cfg.latent_dim, model.dtype)
         self.block_size = block_size
         self._decode_forward, self._decode_mtp_step = model.forward, model.mtp_step
+        self._verify_and_draft = greedy_verify_and_draft
         if compile:
             # A tiny model's decode step is a few hundred small ops, so per-op dispatch, not arithmetic, bounds
             # it; inductor fuses the elementwise work into a few C++ kernels. Shapes are dynamic (batch size and
@@ -84,6 +100,7 @@ class ModelRunner:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
             self._decode_forward = torch.compile(model.forward, dynamic=True)
             self._decode_mtp_step = torch.compile(model.mtp_step, dynamic=True)
+            self._verify_and_draft = torch.compile(greedy_verify_and_draft, dynamic=True)
 
     def _bind(self, seqs: list[Sequence], starts: list[int], tokens: list[list[int]]
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,3 +145,13 @@ class ModelRunner:
         mtp_step = self._decode_mtp_step if ids.shape[1] <= _COMPILED_MAX_WIDTH else self.model.mtp_step
         logits, _ = mtp_step(hidden[:, :ids.shape[1]], ids, positions, self.cache)
         return logits
+
+    @torch.inference_mode()
+    def verify_and_draft(self, seqs: list[Sequence], drafts: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+        """Greedy speculation for decoding sequences, each with one drafted token: see `greedy_verify_and_draft`.
+        Returns per row the main model's choices for the next two positions and the next drafts for both
+        outcomes."""
+        starts = [s.num_computed for s in seqs]
+        ids, positions = self._bind(seqs, starts, [[s.all_ids[-1], d] for s, d in zip(seqs, drafts, strict=True)])
+        targets, next_drafts = self._verify_and_draft(self.model, ids, positions, self.cache)
+        return targets.tolist(), next_drafts.tolist()
