@@ -75,16 +75,17 @@ def _theirs(llm, prompt: list[int], new_tokens: int) -> tuple[float, list[int]]:
     return (new_tokens - 1) / (time.perf_counter() - start), tokens
 
 
-def run(model_dir: Path, gguf_path: Path, new_tokens: int, repeats: int, threads: int) -> dict:
+def run(model_dir: Path, gguf_path: Path, new_tokens: int, repeats: int, threads: int, compile: bool = True) -> dict:
     llama_cpp = _import_llama_cpp()
     torch.set_num_threads(threads)
-    engine = LLMEngine(str(model_dir), EngineConfig(enable_prefix_caching=False))
+    engine = LLMEngine(str(model_dir), EngineConfig(enable_prefix_caching=False, compile=compile))
+    f32 = getattr(llama_cpp, "GGML_TYPE_F32", 0)  # an f32 latent cache like ours; K and V types must match (MLA)
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_threads=threads, n_threads_batch=threads,
-                          verbose=False, type_k=getattr(llama_cpp, "GGML_TYPE_F32", 0))
+                          verbose=False, type_k=f32, type_v=f32)
     vocab = engine.model.config.vocab_size
     prompt = torch.randint(8, vocab, (32,), generator=torch.Generator().manual_seed(0)).tolist()
-    _ours(engine, prompt, 4)
-    _theirs(llm, prompt, 4)  # warm-up both
+    _ours(engine, prompt, new_tokens)  # warm-up both (ours: compiles the decode step)
+    _theirs(llm, prompt, 4)
     ours, theirs = [], []
     for _ in range(repeats):
         rate, our_tokens = _ours(engine, prompt, new_tokens)
@@ -98,6 +99,7 @@ def run(model_dir: Path, gguf_path: Path, new_tokens: int, repeats: int, threads
         "ratio": round(statistics.median(ours) / statistics.median(theirs), 2),
         "greedy_tokens_agreeing": f"{agree}/{new_tokens}",
         "threads": threads,
+        "r1lab_decode_step": "compiled" if compile else "eager",
         "gguf_mib": round(gguf_path.stat().st_size / 2**20, 1),
     }
 
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--gguf-dtype", choices=["f32", "f16"], default="f32")
+    parser.add_argument("--no-compile", action="store_true", help="run our engine eagerly (no torch.compile)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
     args = parser.parse_args()
     _import_llama_cpp()  # fail before spending time on the export
@@ -119,7 +122,7 @@ def main() -> None:
         gguf_path = export_gguf(model_dir, Path(tmp) / "model.gguf", dtype=args.gguf_dtype)
         print(f"model: {args.model or 'random small preset'}; GGUF {args.gguf_dtype}; {args.threads} threads; "
               f"{args.new_tokens} new tokens at batch 1; median of {args.repeats}")
-        results = run(model_dir, gguf_path, args.new_tokens, args.repeats, args.threads)
+        results = run(model_dir, gguf_path, args.new_tokens, args.repeats, args.threads, compile=not args.no_compile)
     for key, value in results.items():
         print(f"  {key:<26} {value}")
     if args.json:

@@ -294,8 +294,9 @@ def test_llama_cpp_greedy_tokens_equal_ours(llama_cpp, gguf, chat_model_dir, tmp
     prompts = [format_chat([{"role": "user", "content": q}], add_generation_prompt=True)
                for q in ("What is 6 times 7?", "Say hi", "What is 2 plus 2?")]
     engine = LLMEngine(chat_model_dir)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False,
-                          type_k=getattr(llama_cpp, "GGML_TYPE_F32", 0))  # an f32 latent cache, like ours
+    f32 = getattr(llama_cpp, "GGML_TYPE_F32", 0)  # an f32 latent cache, like ours (K and V types must match: MLA's
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False,  # V is a view of its K)
+                          type_k=f32, type_v=f32)
     for prompt in prompts:
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         ours = engine.generate([ids], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))[0]

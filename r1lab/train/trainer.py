@@ -20,6 +20,7 @@ The tokenizer is the one given, else the init/resume checkpoint's, else one trai
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import sys
 import time
@@ -382,6 +383,13 @@ class Trainer:
         return self.out / LINK
 
     def close(self) -> None:
+        if self.dist.active and hasattr(self, "forward_model"):
+            # Free DDP's reducer while the process group is still registered and idle. Left to the garbage
+            # collector, the reducer can hold the group's last reference; destroying the group then joins gloo's
+            # worker thread while holding the GIL, which that thread may be waiting for: a rank hangs at exit.
+            self.dist.barrier()
+            self.forward_model = self.model
+            gc.collect()
         self.dist.close()
 
     # ------------------------------------------------------------------ messages
