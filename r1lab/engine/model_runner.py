@@ -97,7 +97,8 @@ class ModelRunner:
             # A tiny model's decode step is a few hundred small ops, so per-op dispatch, not arithmetic, bounds
             # it; inductor fuses the elementwise work into a few C++ kernels. Shapes are dynamic (batch size and
             # cached length change every step), and a handful of graphs cover batch 1 / batch > 1, width 1 / 2.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+            limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 32))  # (older torch)
             # At batch 1 every projection is a matrix-vector product, which the CPU BLAS runs on one thread at
             # about half the memory bandwidth two threads reach. Inductor's mm decomposition turns [M <= 2, K] x
             # [K, N] with static M into a multiply-reduce it parallelises and vectorises itself (1.7x faster
@@ -110,7 +111,8 @@ class ModelRunner:
             # Checking guards on every module attribute costs ~0.1 ms a step (more on bigger models), a tenth of a
             # tiny model's step. The engine owns its model and never swaps its modules, attributes or parameter
             # shapes; weights updated in place are still read at run time.
-            opts = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+            skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)  # (torch >= 2.8)
+            opts = {"guard_filter_fn": skip} if skip else None
             self._decode_forward = torch.compile(model.forward, dynamic=True, options=opts)
             self._decode_mtp_step = torch.compile(model.mtp_step, dynamic=True, options=opts)
             # Static shapes first (dynamic only once the batch size changes): the verify step's [1 x 2] rows
