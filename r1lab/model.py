@@ -253,6 +253,13 @@ class Gate(nn.Module):
         return Routing(weights * self.scaling, experts, scores)
 
 
+def expert_counts(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """How many of the flat expert indices pick each expert: bincount, but with a static output shape, so that
+    torch.compile keeps the decode step one graph."""
+    return torch.zeros(num_experts, dtype=torch.long, device=experts.device).scatter_add_(
+        0, experts, torch.ones_like(experts))
+
+
 class RoutedExperts(nn.Module):
     """All routed experts of one layer as stacked SwiGLU weights."""
 
@@ -276,8 +283,7 @@ class RoutedExperts(nn.Module):
             return (out.view(num_tokens, k, -1) * routing.weights.unsqueeze(-1).to(out.dtype)).sum(1).to(x.dtype)
         order = flat_experts.argsort(stable=True)  # (token, slot) pairs grouped by expert
         token_of = order // k
-        counts = torch.zeros(self.gate_up_proj.shape[0], dtype=torch.long, device=x.device).scatter_add_(
-            0, flat_experts, torch.ones_like(flat_experts))  # bincount, but with a static output shape
+        counts = expert_counts(flat_experts, self.gate_up_proj.shape[0])
         grouped = x.index_select(0, token_of)
         # grouped_mm needs 16-byte aligned rows, so both matrix widths must be multiples of 8 elements.
         aligned = x.shape[-1] % 8 == 0 and self.down_proj.shape[-1] % 8 == 0
@@ -360,9 +366,7 @@ class MoE(nn.Module):
         flat = x.reshape(-1, dim)
         routing = self.gate(flat)
         with torch.no_grad():
-            chosen = routing.experts.flatten()  # bincount, but with a static output shape (torch.compile)
-            self.load = torch.zeros_like(routing.scores[0], dtype=torch.long).scatter_add_(
-                0, chosen, torch.ones_like(chosen))
+            self.load = expert_counts(routing.experts.flatten(), routing.scores.shape[1])
         if self.training:
             self.balance_loss = sequence_balance_loss(
                 routing.scores.view(batch, seq, -1), routing.experts.view(batch, seq, -1)

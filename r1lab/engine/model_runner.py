@@ -21,8 +21,10 @@ from .sequence import Sequence
 
 
 class PagedLatentCache:
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, dim: int, dtype: torch.dtype):
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, dim: int, dtype: torch.dtype,
+                 compiled: bool = False):
         self.block_size = block_size
+        self.compiled = compiled  # the model reading this cache runs under torch.compile
         # One slot past the last block takes the writes of padding tokens, so every step writes a fixed number
         # of rows (no data-dependent shapes: the compiled decode step stays one graph).
         self.padding_slot = num_blocks * block_size
@@ -47,12 +49,13 @@ class PagedLatentCache:
         causal = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
         self._mask = (valid[:, None, :] & causal).unsqueeze(1)  # [B, 1, T, S]
         self._slots = slots.flatten().masked_fill(slots.flatten() < 0, self.padding_slot)
-        # Tell torch.compile up front that these sizes change from step to step (cached length, batch size,
-        # step width), instead of letting it compile a static graph first and a dynamic one on the next step.
-        for tensor in (self._gather, self._mask, self._slots):
-            for dim in range(tensor.dim()):
-                if tensor.shape[dim] != 1:
-                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        if self.compiled:
+            # Tell torch.compile up front that these sizes change from step to step (cached length, batch size,
+            # step width), instead of letting it compile a static graph first and a dynamic one on the next step.
+            for tensor in (self._gather, self._mask, self._slots):
+                for dim in range(tensor.dim()):
+                    if tensor.shape[dim] != 1:
+                        torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
     def update(self, layer_idx: int, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.layers[layer_idx]
@@ -89,7 +92,7 @@ class ModelRunner:
         self.model = model
         cfg = model.config
         layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers
-        self.cache = PagedLatentCache(layers, num_blocks, block_size, cfg.latent_dim, model.dtype)
+        self.cache = PagedLatentCache(layers, num_blocks, block_size, cfg.latent_dim, model.dtype, compiled=compile)
         self.block_size = block_size
         self._decode_forward, self._decode_mtp_step = model.forward, model.mtp_step
         self._verify_and_draft = greedy_verify_and_draft
