@@ -12,7 +12,8 @@ Stages and the R1 paper's counterparts:
 * grpo         - reasoning RL with rule rewards (accuracy + format), DAPO-style dynamic sampling and clip-higher
 * rs           - rejection sampling from the RL policy: verified, well-formatted traces; a short SFT of the RL
                  policy on them (R1's stage-3 SFT, here on reasoning data only)
-* distill      - a dense student (no routed experts) trained on the same verified traces
+* distill      - a dense student (no routed experts): the RL teacher with each MoE folded into one FFN (shared
+                 expert + most-used routed experts, `r1lab.rl.distill`), then SFT on the same verified traces
 * eval         - held-out pass@1 / pass@8 / cons@8 of sft, rl, rs and distill at T=0.6, top-p 0.95
 
 The report (`report.md`, `report.json`, PNG plots) states the figures; `--ship DIR` copies the checkpoints and
@@ -61,8 +62,8 @@ class PipelineConfig:
     rs_prompts: int = 512
     rs_k: int = 4
     rs_sft_steps: int = 60
-    distill_steps: int = 200
-    distill_lr: float = 3e-3
+    distill_steps: int = 100
+    distill_lr: float = 5e-4
     # evaluation
     eval_size: int = 200
     eval_k: int = 8
@@ -202,18 +203,28 @@ class Pipeline:
                     warmup_steps=max(1, c.rs_sft_steps // 10), mtp_weight=0.1)
 
     def stage_distill(self) -> None:
-        """A dense student: same width and depth, every layer a plain SwiGLU FFN, no MTP."""
-        from .config import preset
+        """A dense student (no routed experts, no MTP) folded from the RL teacher, then SFT on its verified traces."""
+        import torch
+
+        from .data import read_jsonl
+        from .engine import tokenizer_from_dir
+        from .rl.distill import dense_student
+        from .train.data import sft_pairs
 
         c = self.cfg
-        student = preset("tiny", first_k_dense_replace=preset("tiny").num_hidden_layers, num_nextn_predict_layers=0)
-        config_dir = self.root / "student-config"
-        config_dir.mkdir(exist_ok=True)
-        student.save(config_dir)
         data, rows = self.traces()
-        self._train(kind="sft", model_config=str(config_dir), out=str(self.path("distill")),
-                    tokenizer=str(self.path("tokenizer")), data=[str(data)], seq_len=128,
-                    steps=c.distill_steps, batch_size=min(64, rows), lr=c.distill_lr,
+        teacher = self.model("grpo")
+        tokenizer = tokenizer_from_dir(teacher)
+        texts = [prompt + completion for prompt, completion in sft_pairs(list(read_jsonl(data))[:256])]
+        batches = [torch.tensor([e.ids]) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        student_dir = self.root / "student-init"
+        sizes = dense_student(teacher, batches, student_dir)
+        for file in teacher.iterdir():
+            if file.name.startswith("tokenizer") or file.name == "special_tokens_map.json":
+                shutil.copy(file, student_dir / file.name)
+        self.say(f"distill: dense student of {sizes['student']:,} parameters (teacher {sizes['teacher']:,})")
+        self._train(kind="sft", init=str(student_dir), out=str(self.path("distill")), data=[str(data)],
+                    seq_len=128, steps=c.distill_steps, batch_size=min(64, rows), lr=c.distill_lr,
                     warmup_steps=max(1, c.distill_steps // 20), mtp_weight=0.0)
 
     def stage_eval(self) -> dict:

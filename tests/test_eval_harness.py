@@ -125,6 +125,15 @@ def test_compare_prints_a_scoreboard_of_runs(base_run, tmp_path, capsys):
     assert set(json.loads(lines[-1])["scores"]) == set(BENCH)
 
 
+def test_a_training_run_directory_evaluates_its_latest_checkpoint(base_run, model_dir, tmp_path, capsys):
+    # `r1lab train` writes RUN/step-N/ and a RUN/checkpoint link to the newest step; --model RUN follows it
+    training_run = tmp_path / "sft-run"
+    training_run.mkdir()
+    (training_run / "checkpoint").symlink_to(model_dir, target_is_directory=True)
+    out = copy_run(base_run, tmp_path, "via-run")
+    assert evaluate(training_run, out, capsys) == evaluate(model_dir, copy_run(base_run, tmp_path, "direct"), capsys)
+
+
 def test_bad_invocations_print_one_line(model_dir, tmp_path, capsys):
     code, _, err = run(["eval", "--bench", "countdown"], capsys)
     assert code == 2 and "exactly one of" in err

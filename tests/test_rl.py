@@ -59,3 +59,58 @@ def test_kl_penalty_needs_reference_and_is_zero_at_reference():
     _, stats = grpo_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=logp, beta=0.1)
     assert stats.kl == pytest.approx(0.0, abs=1e-7)
 
+
+
+def _tiny_moe_teacher():
+    from r1lab.config import preset
+    from r1lab.model import DeepseekV3ForCausalLM
+
+    model = DeepseekV3ForCausalLM(preset("tiny"))
+    model.init_weights(seed=0)
+    return model.eval()
+
+
+def test_folded_ffn_equals_the_moe_when_routing_is_fixed():
+    # With a zero router every score is sigmoid(0) = 0.5, so the correction bias alone picks the experts and each
+    # chosen one gets the same combine weight: then the folded dense FFN must reproduce the MoE exactly.
+    from r1lab.rl.distill import expert_usage, fold_experts
+
+    teacher = _tiny_moe_teacher()
+    moe = teacher.moe_layers()[0]
+    k, n = moe.gate.top_k, moe.gate.weight.shape[0]
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.e_score_correction_bias.copy_(torch.linspace(1, 0, n))  # experts 0..k-1 win
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 9))
+    usage = expert_usage(teacher, [ids])[0]
+    assert torch.allclose(usage[:k], torch.full((k,), moe.gate.scaling / k, dtype=usage.dtype))
+    assert usage[k:].abs().sum() == 0
+    width = (k + 1) * moe.experts.down_proj.shape[-1] + 8  # room for k experts, and 8 spare units
+    ffn = fold_experts(moe, usage, width)
+    x = torch.randn(1, 5, teacher.config.hidden_size)
+    torch.testing.assert_close(ffn(x), moe(x), atol=1e-5, rtol=1e-5)
+
+
+def test_dense_student_has_no_routed_experts_and_follows_the_teacher(tmp_path):
+    from r1lab.checkpoint import load_model
+    from r1lab.rl.distill import dense_student
+
+    teacher = _tiny_moe_teacher()
+    teacher.save_pretrained(tmp_path / "teacher")
+    ids = torch.randint(0, teacher.config.vocab_size, (4, 16))
+    sizes = dense_student(tmp_path / "teacher", [ids], tmp_path / "student")
+    student = load_model(tmp_path / "student")
+    assert not student.moe_layers() and student.config.num_nextn_predict_layers == 0
+    assert sizes["student"] < sizes["teacher"]
+    for name, weight in student.state_dict().items():
+        if ".mlp." not in name:  # attention, norms, embeddings and head are the teacher's own
+            torch.testing.assert_close(weight, teacher.state_dict()[name])
+    # the folded FFN keeps the teacher's predictions far closer than a fresh dense model of the same shape
+    fresh = type(student)(student.config)
+    fresh.init_weights(seed=1)
+    with torch.no_grad():
+        reference = teacher(ids).logits
+        folded_error = (student(ids).logits - reference).pow(2).mean()
+        fresh.model.embed_tokens.weight.copy_(teacher.model.embed_tokens.weight)
+        fresh_error = (fresh.eval()(ids).logits - reference).pow(2).mean()
+    assert folded_error < fresh_error / 4

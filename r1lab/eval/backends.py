@@ -89,8 +89,11 @@ class ModelBackend:
         from ..engine import EngineConfig
 
         path = Path(model_dir)
+        if not (path / "config.json").is_file() and (path / "checkpoint").exists():
+            path = (path / "checkpoint").resolve()  # a training run's directory: its latest checkpoint
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in {path}: --model takes a checkpoint directory")
+            raise FileNotFoundError(f"no config.json in {path}: --model takes a checkpoint directory "
+                                    "(or a training run's directory, which links its latest checkpoint)")
         if not (path / "tokenizer.json").is_file():
             raise FileNotFoundError(f"no tokenizer.json in {path}: the model directory needs its tokenizer")
         self.path = path.resolve()
