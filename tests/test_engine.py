@@ -215,3 +215,43 @@ def test_compiled_decode_step_gives_the_eager_output(model):
     assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in eager + eager[:1]]
     assert engine.stats["drafted_tokens"] > 0
     engine.block_manager.check_no_leaks()
+
+
+def test_streamed_text_is_the_decoded_reply_at_every_step():
+    """The engine extends each reply's text token by token (no whole-reply decode per token); what it shows
+    must always be the decode of the tokens so far, and the final text exactly the decode of the reply."""
+    from r1lab.config import SHIPPED_MODELS_DIR
+
+    engine = LLMEngine(str(SHIPPED_MODELS_DIR / "tiny-r1"), EngineConfig(max_num_seqs=8))
+    tok = engine.tokenizer
+    params = SamplingParams(temperature=1.5, max_tokens=40, seed=3, n=4, ignore_eos=True)
+    engine.add_request(tok.encode("Make 24 from 3, 8, 1.").ids, params)
+    final = None
+    while engine.has_unfinished():
+        for out in engine.step():
+            for o in out.outputs:
+                whole = tok.decode(o.token_ids, skip_special_tokens=False)
+                assert whole.startswith(o.text) and len(whole) - len(o.text) <= 4, (o.text, whole)
+            final = out if out.finished else final
+    for o in final.outputs:
+        assert o.text == tok.decode(o.token_ids, skip_special_tokens=False)
+
+
+def test_incremental_detokenizing_waits_for_whole_characters():
+    from types import SimpleNamespace
+
+    from r1lab.config import SHIPPED_MODELS_DIR
+    from r1lab.engine import tokenizer_from_dir
+    from r1lab.engine.sequence import Sequence
+
+    tok = tokenizer_from_dir(SHIPPED_MODELS_DIR / "tiny-r1")
+    text = "héllo wörld, 7 × 3 = 21 🙂 done"
+    ids = tok.encode(text).ids
+    assert len(ids) > len(text.encode()) // 2  # the non-ASCII characters are split into byte tokens
+    seq, engine = Sequence("r", 0, [1], GREEDY), SimpleNamespace(tokenizer=tok)
+    for i, token in enumerate(ids):
+        seq.output_ids.append(token)
+        LLMEngine._detokenize(engine, seq)
+        assert "\ufffd" not in seq.text and text.startswith(seq.text)
+        assert len(seq.text) >= len(tok.decode(ids[:i + 1]).rstrip("\ufffd")) - 1
+    assert seq.text == text

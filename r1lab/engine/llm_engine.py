@@ -198,19 +198,45 @@ class LLMEngine:
             self._finish(seq, "stop")
             return
         if self.tokenizer is not None:
-            seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=False)
+            added = self._detokenize(seq)
             for stop in params.stop:
-                at = seq.text.find(stop)
+                # only where the new text could complete a stop string: the tail, not the whole reply again
+                at = seq.text.find(stop, max(0, len(seq.text) - len(added) - len(stop) + 1))
                 if at >= 0:
                     seq.text = seq.text[:at]
-                    self._finish(seq, "stop")
+                    self._finish(seq, "stop", text_is_final=True)
                     return
         if len(seq.output_ids) >= params.max_tokens:
             self._finish(seq, "length")
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
+    def _detokenize(self, seq: Sequence) -> str:
+        """Extend `seq.text` by the newest token's text and return what was added.
+
+        Decoding the whole reply on every token costs O(length) per token, O(length^2) per reply, which a long
+        reasoning trace feels. Decoding a few trailing tokens is enough: the text of the tokens from
+        `seq.prefix_offset` on, minus that of the tokens already shown. A byte-level token may hold part of a
+        UTF-8 character; while the decoded tail ends in a replacement character (for up to 4 tokens), nothing
+        is added yet, so a stream never shows half a character.
+        """
+        ids = seq.output_ids
+        shown = self.tokenizer.decode(ids[seq.prefix_offset:seq.read_offset], skip_special_tokens=False)
+        tail = self.tokenizer.decode(ids[seq.prefix_offset:], skip_special_tokens=False)
+        if tail.endswith("\ufffd") and len(ids) - seq.read_offset < 4:  # (a character has at most 4 bytes)
+            return ""
+        if not tail.startswith(shown):
+            # Invalid UTF-8 (an untrained model's stray bytes) decodes differently in pieces: start over whole.
+            seq.text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            seq.prefix_offset = seq.read_offset = len(ids)
+            return seq.text
+        added = tail[len(shown):]
+        seq.text += added
+        seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
+        return added
+
+    def _finish(self, seq: Sequence, reason: str, text_is_final: bool = False) -> None:
         self.scheduler.finish(seq, reason)
-        if reason == "stop" and seq.output_ids and self.tokenizer is not None and not seq.params.stop:
+        if self.tokenizer is not None and not text_is_final:
+            # one whole decode at the end: drops a stop token's text, keeps a final partial character as U+FFFD
             seq.text = self.tokenizer.decode(self._visible(seq), skip_special_tokens=False)
 
     def _visible(self, seq: Sequence) -> list[int]:

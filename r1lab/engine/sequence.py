@@ -31,6 +31,9 @@ class Sequence:
     num_hashed_blocks: int = 0
     finish_reason: str | None = None
     text: str = ""
+    # incremental detokenization: output_ids[prefix_offset:read_offset] are the last tokens already in `text`
+    prefix_offset: int = 0
+    read_offset: int = 0
     logprobs: list = field(default_factory=list)  # per output token: (logprob, [(id, logprob), ...])
     generator: torch.Generator | None = None
     arrival: float = field(default_factory=time.perf_counter)
