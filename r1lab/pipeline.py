@@ -219,9 +219,6 @@ class Pipeline:
         batches = [torch.tensor([e.ids]) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
         student_dir = self.root / "student-init"
         sizes = dense_student(teacher, batches, student_dir)
-        for file in teacher.iterdir():
-            if file.name.startswith("tokenizer") or file.name == "special_tokens_map.json":
-                shutil.copy(file, student_dir / file.name)
         self.say(f"distill: dense student of {sizes['student']:,} parameters (teacher {sizes['teacher']:,})")
         self._train(kind="sft", init=str(student_dir), out=str(self.path("distill")), data=[str(data)],
                     seq_len=128, steps=c.distill_steps, batch_size=min(64, rows), lr=c.distill_lr,

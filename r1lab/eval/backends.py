@@ -86,11 +86,14 @@ class ModelBackend:
     """Our own engine over a checkpoint directory: prompts through the R1 chat template, n samples per request."""
 
     def __init__(self, model_dir: str | Path, engine_config=None, batch: int = 64) -> None:
+        from ..checkpoint import CheckpointError
         from ..engine import EngineConfig
+        from ..train.state import resolve_checkpoint
 
-        path = Path(model_dir)
-        if not (path / "config.json").is_file() and (path / "checkpoint").exists():
-            path = (path / "checkpoint").resolve()  # a training run's directory: its latest checkpoint
+        try:
+            path = resolve_checkpoint(model_dir)  # a checkpoint, or a training run's latest one
+        except CheckpointError:
+            path = Path(model_dir)  # the checks below say what is missing
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {path}: --model takes a checkpoint directory "
                                     "(or a training run's directory, which links its latest checkpoint)")

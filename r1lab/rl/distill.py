@@ -18,6 +18,7 @@ SFT on the verified traces then recovers what the pruning lost.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ import torch
 from ..checkpoint import load_model
 from ..config import ModelConfig
 from ..model import DeepseekV3ForCausalLM, MoE, SwiGLU
+from .grpo import TOKENIZER_FILES
 
 
 def expert_usage(teacher: DeepseekV3ForCausalLM, token_batches: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -82,7 +84,8 @@ def fold_experts(moe: MoE, usage: torch.Tensor, width: int) -> SwiGLU:
 
 
 def dense_student(teacher_dir: str | Path, token_batches: list[torch.Tensor], out: str | Path) -> dict:
-    """Write the folded dense student of the checkpoint at `teacher_dir` to `out` (HF layout, no tokenizer).
+    """Write the folded dense student of the checkpoint at `teacher_dir` to `out` (HF layout, with the teacher's
+    tokenizer).
 
     Returns the parameter counts of both."""
     from ..config import count_parameters
@@ -94,14 +97,18 @@ def dense_student(teacher_dir: str | Path, token_batches: list[torch.Tensor], ou
     student = DeepseekV3ForCausalLM(cfg)
     state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("mtp.") and ".mlp." not in k}
     missing = set(student.load_state_dict(state, strict=False).missing_keys)
+    layer_usage = iter(usage)  # one entry per MoE layer, in layer order
     for index, layer in enumerate(teacher.model.layers):
         target = student.model.layers[index]
         if isinstance(layer.mlp, MoE):
-            target.mlp = fold_experts(layer.mlp, usage[teacher.moe_layers().index(layer.mlp)], cfg.intermediate_size)
+            target.mlp = fold_experts(layer.mlp, next(layer_usage), cfg.intermediate_size)
         else:
             target.mlp.load_state_dict(layer.mlp.state_dict())
         missing -= {k for k in missing if k.startswith(f"model.layers.{index}.mlp.")}
     if missing:
         raise RuntimeError(f"student weights not set from the teacher: {sorted(missing)}")
     student.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (Path(teacher_dir) / name).is_file():
+            shutil.copy(Path(teacher_dir) / name, Path(out) / name)
     return {"teacher": count_parameters(teacher)["total"], "student": count_parameters(student)["total"]}
