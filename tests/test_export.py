@@ -309,3 +309,115 @@ def test_llama_cpp_greedy_tokens_equal_ours(llama_cpp, gguf, chat_model_dir, tmp
     for prompt in prompts:  # and llama.cpp splits the text as our tokenizer does
         assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == tokenizer.encode(
             prompt, add_special_tokens=False), prompt
+
+
+# --------------------------------------------------------------------------- vLLM itself (slow, by hand)
+
+VLLM_PYTHON = "R1LAB_VLLM_PYTHON"  # the python of a virtualenv with vLLM (docs/scale-out.md: vLLM on CPU)
+
+
+@pytest.fixture(scope="module")
+def vllm_python():
+    import os
+
+    python = os.environ.get(VLLM_PYTHON)
+    if not python:
+        pytest.skip(f"set {VLLM_PYTHON} to the python of a virtualenv with vLLM (docs/scale-out.md)")
+    return python
+
+
+def _serve_vllm(python: str, model_dir, log_path, extra_env: dict[str, str], *args: str):
+    """Start vLLM's OpenAI server on a free port and wait until it lists the model; returns (process, base URL)."""
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **extra_env}
+    log = open(log_path, "w")
+    process = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
+                                "--dtype", "float32", "--gpu-memory-utilization", "0.5", *args],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"vLLM exited with {process.returncode}:\n" + log_path.read_text()[-3000:])
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            return process, url
+        except OSError:
+            time.sleep(2)
+    process.kill()
+    pytest.fail("vLLM did not come up within 10 minutes:\n" + log_path.read_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_vllm_serves_hf_export_with_our_greedy_replies(vllm_python, tmp_path):
+    """vLLM serves `models/tiny-r1` exported to HF: every greedy chat reply equals our engine's, with the thinking
+    split off by `--reasoning-parser deepseek_r1`. vLLM's CPU MLA kernel is built for DeepSeek's latent size
+    only (512 + 64), so this tiny model runs vLLM's MHA path (VLLM_MLA_DISABLE=1); the next test covers MLA."""
+    from openai import OpenAI
+
+    from r1lab.config import SHIPPED_MODELS_DIR
+    from r1lab.engine import LLMEngine, SamplingParams
+    from r1lab.tasks import problems
+
+    model_dir = SHIPPED_MODELS_DIR / "tiny-r1"
+    export_hf(model_dir, tmp_path / "hf")
+    process, url = _serve_vllm(vllm_python, tmp_path / "hf", tmp_path / "vllm.log", {"VLLM_MLA_DISABLE": "1"},
+                               "--reasoning-parser", "deepseek_r1")
+    try:
+        client = OpenAI(base_url=url, api_key="unused")
+        questions = [p.prompt for p in problems("countdown", 2, "heldout", 8, seed=0)]
+        chats = [format_chat([{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
+        ours = LLMEngine(model_dir).generate(chats, SamplingParams(temperature=0, max_tokens=64))
+        for question, mine in zip(questions, ours, strict=True):
+            reply = client.chat.completions.create(model=str(tmp_path / "hf"), temperature=0, max_tokens=64,
+                                                   messages=[{"role": "user", "content": question}])
+            message = reply.choices[0].message
+            extra = message.model_extra or {}
+            thinking = extra.get("reasoning") or extra.get("reasoning_content")  # (newer vLLM: `reasoning`)
+            assert thinking, message
+            assert f"{thinking}</think>{message.content}" == mine.outputs[0].text, question
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_vllm_mla_path_gives_our_greedy_tokens(vllm_python, tmp_path):
+    """A model with DeepSeek's latent size (kv_lora_rank 512, rope 64) runs vLLM's CPU MLA kernels; 32 greedy
+    tokens of random prompts equal our engine's."""
+    import dataclasses
+    import shutil
+
+    from openai import OpenAI
+
+    from r1lab.config import SHIPPED_MODELS_DIR, preset
+    from r1lab.engine import LLMEngine, SamplingParams
+
+    model = DeepseekV3ForCausalLM(dataclasses.replace(preset("tiny"), kv_lora_rank=512, qk_rope_head_dim=64))
+    model.init_weights(seed=0)
+    model.eval().save_pretrained(tmp_path / "r1lab")
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the shipped tokenizer has the tiny preset's vocab
+        shutil.copy(SHIPPED_MODELS_DIR / "tiny-r1" / name, tmp_path / "r1lab" / name)
+    export_hf(tmp_path / "r1lab", tmp_path / "hf")
+    process, url = _serve_vllm(vllm_python, tmp_path / "hf", tmp_path / "vllm.log", {})
+    try:
+        client = OpenAI(base_url=url, api_key="unused")
+        engine = LLMEngine(tmp_path / "r1lab")
+        for seed in range(4):
+            prompt = torch.randint(8, 1000, (24,), generator=torch.Generator().manual_seed(seed)).tolist()
+            ours = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))[0]
+            reply = client.completions.create(model=str(tmp_path / "hf"), prompt=prompt, temperature=0, max_tokens=32,
+                                              extra_body={"ignore_eos": True, "return_token_ids": True})
+            assert (reply.choices[0].model_extra or {}).get("token_ids") == ours.outputs[0].token_ids, seed
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
