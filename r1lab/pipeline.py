@@ -297,10 +297,33 @@ def add_run(sub) -> None:
     p.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all)")
     p.add_argument("--micro", action="store_true", help="seconds-long settings (for CI); figures mean nothing")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grpo-steps", type=int, help="override the number of GRPO steps")
+    p.add_argument("--sft-steps", type=_steps, help="cold-start SFT steps (default 500, about 5 minutes)")
+    p.add_argument("--grpo-steps", type=_steps, help="GRPO steps (default 40, about 3 minutes)")
     p.add_argument("--ship", nargs="?", const=str(DEFAULT_SHIP), metavar="DIR",
                    help=f"copy the checkpoints and report to DIR (default {DEFAULT_SHIP})")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _steps(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 1, got {text!r}")
+    return value
+
+
+def config_from_args(args) -> PipelineConfig:
+    overrides = {"name": args.name, "runs": args.runs, "seed": args.seed}
+    if args.stages:
+        overrides["stages"] = args.stages
+    for name in ("sft_steps", "grpo_steps"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
+    return PipelineConfig.micro(**overrides) if args.micro else PipelineConfig(**overrides)
 
 
 def run(args) -> int:
@@ -308,13 +331,7 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"name": args.name, "runs": args.runs, "seed": args.seed}
-    if args.stages:
-        overrides["stages"] = args.stages
-    if args.grpo_steps:
-        overrides["grpo_steps"] = args.grpo_steps
-    cfg = PipelineConfig.micro(**overrides) if args.micro else PipelineConfig(**overrides)
-    pipeline = Pipeline(cfg)
+    pipeline = Pipeline(config_from_args(args))
     report = pipeline.run()
     if report:
         print((pipeline.root / "report.md").read_text())

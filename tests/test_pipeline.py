@@ -2,12 +2,16 @@
 
 import json
 
+import pytest
+
 from r1lab.cli import main
 
 
 def test_pipeline_micro_end_to_end(tmp_path, capsys):
-    assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path), "--ship", str(tmp_path / "ship")]) == 0
+    assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path), "--ship", str(tmp_path / "ship"),
+                 "--sft-steps", "3", "--grpo-steps", "1"]) == 0
     root = tmp_path / "ci"
+    assert [json.loads(line)["step"] for line in (root / "sft" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     report = json.loads((root / "report.json").read_text())
     for model in ("sft", "rl", "distill"):
         assert {"pass@1", "pass@2"} <= set(report[model])
@@ -16,6 +20,7 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     for plot in ("grpo.png", "expert_load.png", "accuracy.png"):
         assert (root / plot).stat().st_size > 1000
     rows = [json.loads(line) for line in (root / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
     assert {"reward", "accuracy", "format_rate", "completion_len", "frac_zero_std", "kl", "clip_fraction",
             "entropy"} <= set(rows[0])
     for name in ("tiny-r1-sft", "tiny-r1", "tiny-r1-distill"):
@@ -26,3 +31,10 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     # A second run skips every finished stage.
     assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path)]) == 0
     assert "done earlier, skipping" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "many"])
+def test_run_rejects_a_step_count_below_one(bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--micro", "--sft-steps", bad])
+    assert exit_.value.code == 2 and "expected a whole number of steps >= 1" in capsys.readouterr().err
