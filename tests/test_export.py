@@ -5,6 +5,7 @@ and a NumPy transliteration of llama.cpp's deepseek2 graph that reads nothing bu
 (via llama-cpp-python, which builds from source in ~15 minutes) is the `slow` test at the end.
 """
 
+import contextlib
 import json
 
 import numpy as np
@@ -326,8 +327,9 @@ def vllm_python():
     return python
 
 
-def _serve_vllm(python: str, model_dir, log_path, extra_env: dict[str, str], *args: str):
-    """Start vLLM's OpenAI server on a free port and wait until it lists the model; returns (process, base URL)."""
+@contextlib.contextmanager
+def _vllm_server(python: str, model_dir, log_path, extra_env: dict[str, str], *args: str):
+    """vLLM's OpenAI server on a free port, up once it lists the model; yields its base URL, stops it on exit."""
     import os
     import socket
     import subprocess
@@ -338,23 +340,31 @@ def _serve_vllm(python: str, model_dir, log_path, extra_env: dict[str, str], *ar
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **extra_env}
-    log = open(log_path, "w")
-    process = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-                                "--dtype", "float32", "--gpu-memory-utilization", "0.5", *args],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(log_path, "w") as log:  # (the server keeps its own copy of the descriptor)
+        process = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                                    "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
+                                    "--dtype", "float32", "--gpu-memory-utilization", "0.5", *args],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"vLLM exited with {process.returncode}:\n" + log_path.read_text()[-3000:])
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vLLM exited with {process.returncode}:\n" + log_path.read_text()[-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail("vLLM did not come up within 10 minutes:\n" + log_path.read_text()[-3000:])
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(2)
+        yield url
+    finally:
+        process.terminate()
         try:
-            urllib.request.urlopen(f"{url}/models", timeout=2)
-            return process, url
-        except OSError:
-            time.sleep(2)
-    process.kill()
-    pytest.fail("vLLM did not come up within 10 minutes:\n" + log_path.read_text()[-3000:])
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @pytest.mark.slow
@@ -370,9 +380,8 @@ def test_vllm_serves_hf_export_with_our_greedy_replies(vllm_python, tmp_path):
 
     model_dir = SHIPPED_MODELS_DIR / "tiny-r1"
     export_hf(model_dir, tmp_path / "hf")
-    process, url = _serve_vllm(vllm_python, tmp_path / "hf", tmp_path / "vllm.log", {"VLLM_MLA_DISABLE": "1"},
-                               "--reasoning-parser", "deepseek_r1")
-    try:
+    with _vllm_server(vllm_python, tmp_path / "hf", tmp_path / "vllm.log", {"VLLM_MLA_DISABLE": "1"},
+                      "--reasoning-parser", "deepseek_r1") as url:
         client = OpenAI(base_url=url, api_key="unused")
         questions = [p.prompt for p in problems("countdown", 2, "heldout", 8, seed=0)]
         chats = [format_chat([{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
@@ -385,9 +394,6 @@ def test_vllm_serves_hf_export_with_our_greedy_replies(vllm_python, tmp_path):
             thinking = extra.get("reasoning") or extra.get("reasoning_content")  # (newer vLLM: `reasoning`)
             assert thinking, message
             assert f"{thinking}</think>{message.content}" == mine.outputs[0].text, question
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -408,8 +414,7 @@ def test_vllm_mla_path_gives_our_greedy_tokens(vllm_python, tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):  # the shipped tokenizer has the tiny preset's vocab
         shutil.copy(SHIPPED_MODELS_DIR / "tiny-r1" / name, tmp_path / "r1lab" / name)
     export_hf(tmp_path / "r1lab", tmp_path / "hf")
-    process, url = _serve_vllm(vllm_python, tmp_path / "hf", tmp_path / "vllm.log", {})
-    try:
+    with _vllm_server(vllm_python, tmp_path / "hf", tmp_path / "vllm.log", {}) as url:
         client = OpenAI(base_url=url, api_key="unused")
         engine = LLMEngine(tmp_path / "r1lab")
         for seed in range(4):
@@ -418,6 +423,3 @@ def test_vllm_mla_path_gives_our_greedy_tokens(vllm_python, tmp_path):
             reply = client.completions.create(model=str(tmp_path / "hf"), prompt=prompt, temperature=0, max_tokens=32,
                                               extra_body={"ignore_eos": True, "return_token_ids": True})
             assert (reply.choices[0].model_extra or {}).get("token_ids") == ours.outputs[0].token_ids, seed
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
