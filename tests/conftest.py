@@ -1,9 +1,18 @@
+import socket
+
 import pytest
 import torch
 
 from r1lab.config import ModelConfig
 
 torch.set_num_threads(2)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def micro_config(**overrides) -> ModelConfig:

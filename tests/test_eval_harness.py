@@ -6,7 +6,6 @@ not the scores.
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 import pytest
 import torch
 
+from conftest import free_port
 from r1lab import cli
 from r1lab.config import preset
 from r1lab.engine import LLMEngine, SamplingParams
@@ -158,9 +158,7 @@ def test_one_request_with_n_samples_equals_n_seeded_requests(model_dir):
 def test_r1lab_serve_gives_the_same_samples_as_the_engine(base_run, model_dir, tmp_path, capsys):
     """`r1lab serve` as a real process, evaluated through the endpoint backend: with per-sample seeds forwarded,
     the server draws exactly the samples the in-process engine drew (same lengths, same verdicts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "r1lab", "serve", "--model", str(model_dir), "--port", str(port),
                                "--api-key", "sk-eval"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import micro_config, perturb
+from conftest import free_port, micro_config, perturb
 from r1lab.checkpoint import load_model
 from r1lab.cli import main
 from r1lab.export import export_gguf, export_hf
@@ -331,14 +331,11 @@ def vllm_python():
 def _vllm_server(python: str, model_dir, log_path, extra_env: dict[str, str], *args: str):
     """vLLM's OpenAI server on a free port, up once it lists the model; yields its base URL, stops it on exit."""
     import os
-    import socket
     import subprocess
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **extra_env}
     with open(log_path, "w") as log:  # (the server keeps its own copy of the descriptor)
         process = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),

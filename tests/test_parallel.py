@@ -1,14 +1,13 @@
 """Expert parallelism on 2 gloo processes equals the single-process model: outputs, gradients, loads, weights."""
 
 import copy
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import micro_config, perturb
+from conftest import free_port, micro_config, perturb
 from r1lab.model import DeepseekV3ForCausalLM, mtp_loss
 from r1lab.parallel import (
     ExpertParallelExperts,
@@ -89,12 +88,6 @@ def _worker(rank: int, port: int, config_overrides: dict, skew: bool) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("overrides, skew", [
     # 8 experts, 4 per rank, top-3 within 2 of 4 groups: tokens travel both ways in every MoE layer (trunk, MTP).
     (dict(), False),
@@ -102,7 +95,7 @@ def _free_port() -> int:
     (dict(n_routed_experts=4, n_group=1, topk_group=1, num_experts_per_tok=2), True),
 ], ids=["balanced", "one-rank-idle"])
 def test_expert_parallel_matches_single_process(overrides, skew):
-    mp.spawn(_worker, args=(_free_port(), overrides, skew), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), overrides, skew), nprocs=WORLD, join=True)
 
 
 def test_sharding_needs_a_process_group():

@@ -60,7 +60,6 @@ def test_kl_penalty_needs_reference_and_is_zero_at_reference():
     assert stats.kl == pytest.approx(0.0, abs=1e-7)
 
 
-
 def _tiny_moe_teacher():
     from r1lab.config import preset
     from r1lab.model import DeepseekV3ForCausalLM

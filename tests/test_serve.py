@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import socket
 import threading
 import time
 
@@ -11,23 +10,18 @@ import openai
 import pytest
 import uvicorn
 
+from conftest import free_port
 from r1lab.engine import EngineConfig, LLMEngine
 from r1lab.serve import Pricing, create_app
 
 KEY = "sk-test-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     def __init__(self, model_dir, **engine_kwargs):
         self.engine = LLMEngine(model_dir, EngineConfig(block_size=16, **engine_kwargs))
         self.app = create_app(self.engine, "tiny-chat", api_keys=[KEY], pricing=Pricing())
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
