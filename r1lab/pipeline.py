@@ -57,6 +57,7 @@ class PipelineConfig:
     grpo_prompts: int = 16
     grpo_group: int = 16
     grpo_lr: float = 5e-5
+    grpo_beta: float = 0.0  # KL weight to the SFT model (docs/rl-experiments.md: 0.04 did better in one run)
     max_tokens: int = 64
     # rejection sampling + SFT, distillation
     rs_prompts: int = 512
@@ -175,7 +176,8 @@ class Pipeline:
         c = self.cfg
         train_grpo(GRPOConfig(init=str(self.model("sft")), out=str(self.path("grpo")), mode="r1", tasks=[c.task],
                               difficulties=[c.difficulty], steps=c.grpo_steps, prompts_per_step=c.grpo_prompts,
-                              group_size=c.grpo_group, lr=c.grpo_lr, max_tokens=c.max_tokens, seed=c.seed))
+                              group_size=c.grpo_group, lr=c.grpo_lr, beta=c.grpo_beta, max_tokens=c.max_tokens,
+                              seed=c.seed))
 
     def stage_rs(self) -> None:
         from .rl.rejection import rejection_sample
@@ -299,6 +301,8 @@ def add_run(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sft-steps", type=_steps, help="cold-start SFT steps (default 500, about 5 minutes)")
     p.add_argument("--grpo-steps", type=_steps, help="GRPO steps (default 40, about 3 minutes)")
+    p.add_argument("--grpo-beta", type=_beta, metavar="BETA",
+                   help="weight of the KL penalty to the SFT model in GRPO (default 0: no reference model kept)")
     p.add_argument("--ship", nargs="?", const=str(DEFAULT_SHIP), metavar="DIR",
                    help=f"copy the checkpoints and report to DIR (default {DEFAULT_SHIP})")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -316,12 +320,25 @@ def _steps(text: str) -> int:
     return value
 
 
+def _beta(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a KL weight >= 0, got {text!r}")
+    return value
+
+
 def config_from_args(args) -> PipelineConfig:
     overrides = {"name": args.name, "runs": args.runs, "seed": args.seed}
     if args.stages:
         overrides["stages"] = args.stages
-    for name in ("sft_steps", "grpo_steps"):
-        if getattr(args, name):
+    for name in ("sft_steps", "grpo_steps", "grpo_beta"):
+        if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return PipelineConfig.micro(**overrides) if args.micro else PipelineConfig(**overrides)
 
