@@ -57,7 +57,7 @@ class PipelineConfig:
     grpo_prompts: int = 16
     grpo_group: int = 16
     grpo_lr: float = 5e-5
-    grpo_beta: float = 0.0  # KL weight to the SFT model (docs/rl-experiments.md: 0.04 did better in one run)
+    grpo_beta: float = 0.0  # KL weight to the SFT model; 0.04 helped 120-200 steps, not 40 (docs/rl-experiments.md)
     max_tokens: int = 64
     # rejection sampling + SFT, distillation
     rs_prompts: int = 512
