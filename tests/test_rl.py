@@ -113,3 +113,18 @@ def test_dense_student_has_no_routed_experts_and_follows_the_teacher(tmp_path):
         fresh.model.embed_tokens.weight.copy_(teacher.model.embed_tokens.weight)
         fresh_error = (fresh.eval()(ids).logits - reference).pow(2).mean()
     assert folded_error < fresh_error / 4
+
+
+def test_token_logprobs_from_a_later_position_are_the_full_ones_sliced():
+    """GRPO scores only completion targets, so it starts the vocabulary projection at the first one; the values
+    must be those of the whole-sequence computation, entropy included."""
+    from r1lab.rl.rollout import token_logprobs
+
+    model = _tiny_moe_teacher()
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, full_entropy = token_logprobs(model, ids, with_entropy=True)
+        late, late_entropy = token_logprobs(model, ids, with_entropy=True, first=5)
+    assert full.shape == (3, 11) and late.shape == (3, 6)
+    torch.testing.assert_close(late, full[:, 5:])
+    torch.testing.assert_close(late_entropy, full_entropy[:, 5:])

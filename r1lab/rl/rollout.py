@@ -83,11 +83,13 @@ def completion_batch(groups: list[Group], pad_id: int = 0) -> tuple[torch.Tensor
     return ids, mask
 
 
-def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False):
-    """log pi(token_t | tokens_<t) for t = 1..T-1, [N, T-1]; optionally the per-position entropy too."""
-    logits = model(ids).logits[:, :-1].float()
+def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False, first: int = 0):
+    """log pi(ids[:, t + 1] | ids[:, :t + 1]) for t = first .. T-2, [N, T-1-first]; optionally the per-position
+    entropy too. `first` skips positions no loss reads (the prompt): the vocabulary projection and softmax there,
+    and their backward, are a large part of a small model's training step."""
+    logits = model(ids, logits_to_keep=ids.shape[1] - first).logits[:, :-1].float()
     logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    logp = logp_all.gather(-1, ids[:, first + 1:].unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return logp
     with torch.no_grad():

@@ -29,7 +29,7 @@ def add_serve(sub) -> None:
     p.add_argument("--speculative-mtp", action="store_true", help="draft with the MTP module (greedy requests)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: about 3x faster decoding of small models on CPU, after "
-                        "tens of seconds of compilation spread over the first requests")
+                        "about a minute of compilation spread over the first requests")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--log-level", default="warning")
 
