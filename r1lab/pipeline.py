@@ -17,7 +17,7 @@ Stages and the R1 paper's counterparts:
 * eval         - held-out pass@1 / pass@8 / cons@8 of sft, rl, rs and distill at T=0.6, top-p 0.95
 
 The report (`report.md`, `report.json`, PNG plots) states the figures; `--ship DIR` copies the checkpoints and
-the report to `models/` (tiny-r1-sft, tiny-r1, tiny-r1-distill, report.json).
+the report with its plots to `models/` (tiny-r1-sft, tiny-r1, tiny-r1-distill, report.json, report.md).
 """
 
 from __future__ import annotations
@@ -285,6 +285,8 @@ def ship(run_root: Path, ship_dir: Path) -> None:
         tmp.rename(target)
     shutil.copy(run_root / "report.json", ship_dir / "report.json")
     shutil.copy(run_root / "report.md", ship_dir / "report.md")
+    for plot in json.loads((run_root / "report.json").read_text()).get("plots", []):  # report.md shows them
+        shutil.copy(run_root / plot, ship_dir / plot)
 
 
 # ---------------------------------------------------------------------- CLI

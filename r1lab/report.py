@@ -106,6 +106,8 @@ def write_report(root: Path, cfg, timings: dict) -> dict:
     lines = [f"# r1lab run `{cfg.name}`", "",
              f"Held-out benchmark `{bench}` ({summary.get('rl', {}).get('n', '?')} problems), {cfg.eval_k} samples "
              "each at temperature 0.6, top-p 0.95.", "",
+             f"Settings: pretrain {cfg.pretrain_steps} steps, cold-start SFT {cfg.sft_steps} steps, GRPO "
+             f"{cfg.grpo_steps} steps (KL weight {cfg.grpo_beta:g}), seed {cfg.seed}.", "",
              f"| model | pass@1 | pass@{k} | cons@{k} | format |", "|---|---|---|---|---|"]
     for name in ("sft", "rl", "rs", "distill"):
         f = summary.get(name)

@@ -20,6 +20,7 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     # --grpo-beta reaches the GRPO trainer (which then keeps a reference model) and the report's config
     assert json.loads((root / "grpo" / "final" / "grpo_config.json").read_text())["beta"] == 0.04
     assert report["config"]["grpo_beta"] == 0.04
+    assert "cold-start SFT 3 steps, GRPO 1 steps (KL weight 0.04)" in (root / "report.md").read_text()
     for plot in ("grpo.png", "expert_load.png", "accuracy.png"):
         assert (root / plot).stat().st_size > 1000
     rows = [json.loads(line) for line in (root / "grpo" / "metrics.jsonl").read_text().splitlines()]
@@ -31,6 +32,7 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
         assert (shipped / "model.safetensors").exists() and (shipped / "tokenizer.json").exists()
         assert not (shipped / "training_state").exists()
     assert json.loads((tmp_path / "ship" / "report.json").read_text())["bench"] == "countdown:2"
+    assert all((tmp_path / "ship" / plot).exists() for plot in report["plots"])  # report.md links them
     # A second run skips every finished stage.
     assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path)]) == 0
     assert "done earlier, skipping" in capsys.readouterr().err
