@@ -34,7 +34,7 @@ class PagedLatentCache:
         # One tensor per layer rather than views of one big tensor: a compiled step then updates each in place,
         # where writing through a view makes inductor copy the whole cache every step.
         self.layers = [torch.zeros(num_blocks * block_size + 1, dim, dtype=dtype) for _ in range(num_layers)]
-        self._bound = self._layout = None  # this step's inputs (compiled) or their derived layout (eager)
+        self._bound = self._layout = None  # this step's inputs, and the layout derived from them
 
     @property
     def bytes_per_token_per_layer(self) -> int:
@@ -44,19 +44,17 @@ class PagedLatentCache:
              positions: torch.Tensor) -> None:
         """slots [B, T] (-1 for padding), block_tables [B, max_blocks], context_lens [B] (tokens cached after
         this step), positions [B, T]."""
+        # The layout (rows to write, rows to read, attention mask) is derived by the first layer's `update`, so
+        # in a compiled step it is part of the graph: a dozen small eager ops here would cost ~0.1 ms, a tenth of
+        # a tiny model's decode step.
+        self._bound, self._layout = (slots, block_tables, context_lens, positions), None
         if self.compiled:
-            # The compiled step derives the layout itself (`update`), fused into its kernels: a dozen small eager
-            # ops here cost ~0.1 ms, a tenth of a tiny model's decode step. (Every layer derives it again: a few
-            # fused kernels over a few hundred elements, far cheaper than the eager ops.)
-            self._bound = (slots, block_tables, context_lens, positions)
             # Tell torch.compile up front that these sizes change from step to step (cached length, batch size,
             # step width), instead of letting it compile a static graph first and a dynamic one on the next step.
             for tensor in self._bound:
                 for dim in range(tensor.dim()):
                     if tensor.shape[dim] != 1:
                         torch._dynamo.maybe_mark_dynamic(tensor, dim)
-        else:
-            self._layout = self._derive_layout(slots, block_tables, context_lens, positions)
 
     def _derive_layout(self, slots, block_tables, context_lens, positions):
         """(cache rows to write [B * T], cache rows to read [B, S], attention mask [B, 1, T, S])."""
@@ -71,7 +69,9 @@ class PagedLatentCache:
         return write, gather, mask
 
     def update(self, layer_idx: int, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        write, gather, mask = self._derive_layout(*self._bound) if self.compiled else self._layout
+        if self._layout is None:
+            self._layout = self._derive_layout(*self._bound)
+        write, gather, mask = self._layout
         layer = self.layers[layer_idx]
         layer.index_copy_(0, write, latent.reshape(-1, latent.shape[-1]).to(layer.dtype))
         batch, span = gather.shape
