@@ -1,20 +1,38 @@
-"""`r1lab run`: the R1 recipe end to end on the `tiny` preset.
+r"""`r1lab run`: the R1 recipe end to end on the `tiny` preset, with R1-Zero and the controls beside it.
 
-    tokenizer -> pretrain -> cold-start SFT -> GRPO -> rejection sampling + SFT -> distill -> eval -> report
+    tokenizer -> pretrain -> cold-start SFT -> GRPO -> rejection sampling + SFT -> distill
+                         \-> R1-Zero (GRPO from the base)      SFT -> same-compute SFT (control)
+    -> eval -> report
 
 Every stage writes into `runs/<name>/<stage>/` and is skipped when its output already exists, so an interrupted
-run continues where it stopped. The task mix sits the SFT model at the edge of competence (REFERENCE §8: RL gains
-appear where pass@1 is 20-60% and pass@k well above it): Countdown with three numbers.
+run continues where it stopped.
+
+The design, and why (docs/rl-experiments.md keeps the runs behind it):
+* A task space too big to memorise: a mix of levels (default Countdown with three numbers up to 25 and up to 50,
+  and linear equations), each holding at least ten times the problems the recipe draws; the report counts both.
+  Held-out problems are disjoint by key, and evaluation adds a harder level no stage trains on (four numbers).
+* A cold start that searches: SFT imitates several search traces per problem (tries, dead ends, backing up, a
+  final check; Stream of Search, Gandhi et al. 2024) instead of one canonical answer path, so the policy has a
+  procedure to improve and choices to choose between.
+* RL at the edge of competence: GRPO draws each prompt's level by the policy's pass rate there, p(1 - p), drops
+  groups whose rewards are all equal (DAPO), and gives completions hundreds of tokens.
+* R1-Zero: the same GRPO from the pretrained base, no cold start, on the pretraining layout (problem, then
+  `<think>`), rewarded for format and accuracy; the report puts its length and self-check curves beside R1's.
+* Controls: the SFT model trained further for GRPO's wall time on fresh problems, and sampled at a lower
+  temperature, so a gain can be attributed to RL.
 
 Stages and the R1 paper's counterparts:
-* pretrain     - next-token + MTP on task traces and plain problems (DeepSeek-V3-Base, much reduced)
-* sft          - cold start: chat-formatted reference traces of the RL task
-* grpo         - reasoning RL with rule rewards (accuracy + format), DAPO-style dynamic sampling and clip-higher
+* pretrain     - next-token + MTP on reference and search traces and plain problems of every family
+* sft          - cold start: chat-formatted search traces of the training mix
+* grpo         - reasoning RL with rule rewards (accuracy + format), curriculum, dynamic sampling, clip-higher
+* zero         - R1-Zero: GRPO from the pretrained base, no SFT
+* control      - same-compute continued SFT (not in the paper: the control that makes the RL gain mean something)
 * rs           - rejection sampling from the RL policy: verified, well-formatted traces; a short SFT of the RL
                  policy on them (R1's stage-3 SFT, here on reasoning data only)
 * distill      - a dense student (no routed experts): the RL teacher with each MoE folded into one FFN (shared
                  expert + most-used routed experts, `r1lab.rl.distill`), then SFT on the same verified traces
-* eval         - held-out pass@1 / pass@8 / cons@8 of sft, rl, rs and distill at T=0.6, top-p 0.95
+* eval         - held-out pass@1 / pass@k at T=0.6, top-p 0.95: sft and rl on every trained level and the harder
+                 one; rs, distill, R1-Zero and the controls on the trained levels
 
 The report (`report.md`, `report.json`, PNG plots) states the figures; `--ship DIR` copies the checkpoints and
 the report with its plots to `models/` (tiny-r1-sft, tiny-r1, tiny-r1-distill, report.json, report.md).
@@ -37,8 +55,10 @@ from .data import read_jsonl
 class PipelineConfig:
     name: str = "tiny-r1"
     runs: str = "runs"
-    task: str = "countdown"
-    difficulty: int = 2
+    mix: list[str] = field(default_factory=lambda: ["countdown:2", "countdown:3", "linear:3"])
+    harder: str = "countdown:4"  # evaluated, never trained on: does what RL grew carry over?
+    traces: str = "search"  # what the cold start imitates: search, reference or both (r1lab.tasks.traces)
+    traces_per_problem: int = 4
     seed: int = 0
     threads: int | None = None
     # pretraining on traces and plain problems of every family (tiny preset)
@@ -47,42 +67,67 @@ class PipelineConfig:
     pretrain_batch: int = 16
     pretrain_seq_len: int = 256
     pretrain_lr: float = 3e-3
-    # cold-start SFT on the RL task
-    sft_steps: int = 500
-    sft_per_level: int = 8000
-    sft_batch: int = 64
+    # cold-start SFT on the training mix
+    sft_steps: int = 300
+    sft_per_level: int = 1500  # distinct problems per level (times traces_per_problem rows)
+    sft_batch: int = 32
     sft_lr: float = 2e-3
-    # GRPO
+    sft_seq_len: int = 320
+    # GRPO (and R1-Zero, with the same settings from the base)
     grpo_steps: int = 40
     grpo_prompts: int = 16
-    grpo_group: int = 16
+    grpo_group: int = 8
     grpo_lr: float = 5e-5
     grpo_beta: float = 0.0  # KL weight to the SFT model; 0.04 helped 120-200 steps, not 40 (docs/rl-experiments.md)
-    max_tokens: int = 64
+    curriculum: bool = True
+    zero_steps: int = 30
+    max_tokens: int = 256
+    # controls
+    control_temperature: float = 0.3
     # rejection sampling + SFT, distillation
     rs_prompts: int = 512
     rs_k: int = 4
     rs_sft_steps: int = 60
     distill_steps: int = 100
     distill_lr: float = 5e-4
-    # evaluation
-    eval_size: int = 200
+    # evaluation: eval_k samples of eval_size problems per level for sft and rl; the other models get
+    # side_k samples of eval_size problems spread over the trained levels
+    eval_size: int = 400
     eval_k: int = 8
+    side_k: int = 4
     # CI only: when the (untrained) RL model solves nothing, distil from reference traces so later stages run
     rs_fallback_to_reference: bool = False
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    def __post_init__(self) -> None:
+        from .tasks import TRACE_STYLES, TaskError, has_search, parse_level
+
+        levels = [parse_level(level) for level in [*self.mix, self.harder]]  # TaskErrors name what exists
+        if not self.mix:
+            raise TaskError("mix: no levels to train on")
+        if self.harder in self.mix:
+            raise TaskError(f"harder={self.harder!r} is in the training mix; it must be a level never trained on")
+        if self.traces not in TRACE_STYLES:
+            raise TaskError(f"traces={self.traces!r}: choose one of {', '.join(TRACE_STYLES)}")
+        if self.traces == "search":
+            missing = [f"{t}:{d}" for t, d in levels[:-1] if not has_search(t, d)]
+            if missing:
+                raise TaskError(f"no search traces for {', '.join(missing)}; use traces='both' or another mix")
 
     @classmethod
     def micro(cls, **overrides) -> PipelineConfig:
         """Seconds-long settings for CI: every stage runs, the numbers mean nothing."""
         small = dict(pretrain_steps=4, pretrain_per_level=4, pretrain_batch=4, pretrain_seq_len=128, sft_steps=4,
-                     sft_per_level=40, sft_batch=8, grpo_steps=2, grpo_prompts=4, grpo_group=4, max_tokens=24,
-                     rs_prompts=8, rs_k=2, rs_sft_steps=2, distill_steps=3, eval_size=6, eval_k=2,
-                     rs_fallback_to_reference=True)
+                     sft_per_level=10, sft_batch=8, sft_seq_len=256, traces_per_problem=2, grpo_steps=2,
+                     grpo_prompts=4, grpo_group=4, zero_steps=2, max_tokens=24, rs_prompts=8, rs_k=2,
+                     rs_sft_steps=2, distill_steps=3, eval_size=6, eval_k=2, side_k=2, rs_fallback_to_reference=True)
         return cls(**{**small, **overrides})
 
 
-STAGES = ("tokenizer", "pretrain", "sft", "grpo", "rs", "distill", "eval", "report")
+STAGES = ("tokenizer", "pretrain", "sft", "grpo", "zero", "control", "rs", "distill", "eval", "report")
+# name in the report -> the stage whose checkpoint it is
+MODELS = {"sft": "sft", "rl": "grpo", "rs": "rs", "distill": "distill", "zero": "zero",
+          "sft_same_compute": "control"}
 
 
 class Pipeline:
@@ -160,48 +205,84 @@ class Pipeline:
     def stage_pretrain(self) -> None:
         c = self.cfg
         self._train(kind="pretrain", preset="tiny", out=str(self.path("pretrain")),
-                    tokenizer=str(self.path("tokenizer")), per_level=c.pretrain_per_level,
+                    tokenizer=str(self.path("tokenizer")), per_level=c.pretrain_per_level, traces="both",
                     seq_len=c.pretrain_seq_len, steps=c.pretrain_steps, batch_size=c.pretrain_batch,
                     lr=c.pretrain_lr, warmup_steps=max(1, c.pretrain_steps // 20))
 
+    def sft_data(self, name: str, seed: int) -> Path:
+        """The cold start's rows (`traces_per_problem` traces of `sft_per_level` problems per level) as JSONL."""
+        from .data import write_jsonl
+        from .tasks import parse_level
+        from .train import task_rows
+
+        c = self.cfg
+        rows = []
+        for level in c.mix:
+            task, difficulty = parse_level(level)
+            rows += task_rows([task], [difficulty], c.sft_per_level, seed, c.traces, c.traces_per_problem)
+        path = self.root / name
+        write_jsonl(rows, path)
+        return path
+
     def stage_sft(self) -> None:
         c = self.cfg
-        self._train(kind="sft", init=str(self.model("pretrain")), out=str(self.path("sft")), tasks=[c.task],
-                    difficulties=[c.difficulty], per_level=c.sft_per_level, seq_len=128, steps=c.sft_steps,
-                    batch_size=c.sft_batch, lr=c.sft_lr, warmup_steps=max(1, c.sft_steps // 20))
+        data = self.sft_data("sft-data.jsonl", c.seed)
+        self._train(kind="sft", init=str(self.model("pretrain")), out=str(self.path("sft")), data=[str(data)],
+                    seq_len=c.sft_seq_len, steps=c.sft_steps, batch_size=c.sft_batch, lr=c.sft_lr,
+                    warmup_steps=max(1, c.sft_steps // 20))
 
-    def stage_grpo(self) -> None:
+    def _grpo(self, init: Path, out: Path, mode: str, steps: int) -> None:
         from .rl.grpo import GRPOConfig, train_grpo
 
         c = self.cfg
-        train_grpo(GRPOConfig(init=str(self.model("sft")), out=str(self.path("grpo")), mode="r1", tasks=[c.task],
-                              difficulties=[c.difficulty], steps=c.grpo_steps, prompts_per_step=c.grpo_prompts,
-                              group_size=c.grpo_group, lr=c.grpo_lr, beta=c.grpo_beta, max_tokens=c.max_tokens,
-                              seed=c.seed))
+        train_grpo(GRPOConfig(init=str(init), out=str(out), mode=mode, mix=list(c.mix), curriculum=c.curriculum,
+                              steps=steps, prompts_per_step=c.grpo_prompts, group_size=c.grpo_group, lr=c.grpo_lr,
+                              beta=c.grpo_beta if mode == "r1" else 0.0, max_tokens=c.max_tokens, seed=c.seed))
+
+    def stage_grpo(self) -> None:
+        self._grpo(self.model("sft"), self.path("grpo"), "r1", self.cfg.grpo_steps)
+
+    def stage_zero(self) -> None:
+        """R1-Zero: the same RL from the pretrained base, with no cold start."""
+        self._grpo(self.model("pretrain"), self.path("zero"), "r1-zero", self.cfg.zero_steps)
+
+    def stage_control(self) -> None:
+        """SFT continued from the cold start for as long as GRPO ran, on fresh problems: the same-compute control."""
+        c = self.cfg
+        sft_step_s = self.timings.get("sft", 1.0) / c.sft_steps
+        steps = max(1, round(self.timings.get("grpo", sft_step_s * c.grpo_steps) / sft_step_s))
+        self.say(f"control: {steps} more SFT steps, GRPO's {self.timings.get('grpo', 0):.0f}s at "
+                 f"{sft_step_s:.2f}s a step")
+        data = self.sft_data("control-data.jsonl", c.seed + 1)
+        self._train(kind="sft", init=str(self.model("sft")), out=str(self.path("control")), data=[str(data)],
+                    seq_len=c.sft_seq_len, steps=steps, batch_size=c.sft_batch, lr=c.sft_lr * 0.25,
+                    warmup_steps=max(1, steps // 20))
 
     def stage_rs(self) -> None:
         from .rl.rejection import rejection_sample
 
         c = self.cfg
         data = self.root / "rs-traces.jsonl"
-        _, stats = rejection_sample(self.model("grpo"), [c.task], [c.difficulty], c.rs_prompts, k=c.rs_k,
+        _, stats = rejection_sample(self.model("grpo"), list(c.mix), c.rs_prompts, k=c.rs_k,
                                     max_tokens=c.max_tokens, seed=c.seed, out=data)
         self.say(f"rs: kept {stats['rows']} of {stats['samples']} samples ({stats['accept_rate']:.0%})")
         if stats["rows"] == 0:
             if not c.rs_fallback_to_reference:
                 raise ValueError("rejection sampling kept no sample: the RL model solved nothing")
             from .data import write_jsonl
-            from .tasks import problems, solution
+            from .tasks import mix_problems, solution
 
             rows = [{"prompt": p.prompt, "answer": p.answer, "solution": solution(p), "source": "reference-fallback"}
-                    for p in problems(c.task, c.difficulty, "train", c.rs_prompts, seed=c.seed)]
+                    for p in mix_problems(list(c.mix), "train", c.rs_prompts, seed=c.seed)]
             write_jsonl(rows, data)
             stats["fallback_reference_rows"] = len(rows)
             self.say("rs: no verified sample; using reference traces (rs_fallback_to_reference, CI setting)")
         (self.root / "rs-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         data, rows = self.traces()
+        # R1's stage-3 SFT starts from the RL policy; a learning rate three times GRPO's moves it towards the
+        # verified traces within a few dozen steps without undoing what RL learnt (docs/rl-experiments.md)
         self._train(kind="sft", init=str(self.model("grpo")), out=str(self.path("rs")), data=[str(data)],
-                    seq_len=128, steps=c.rs_sft_steps, batch_size=min(32, rows), lr=c.grpo_lr * 3,
+                    seq_len=c.sft_seq_len, steps=c.rs_sft_steps, batch_size=min(32, rows), lr=c.grpo_lr * 3,
                     warmup_steps=max(1, c.rs_sft_steps // 10), mtp_weight=0.1)
 
     def stage_distill(self) -> None:
@@ -223,33 +304,54 @@ class Pipeline:
         sizes = dense_student(teacher, batches, student_dir)
         self.say(f"distill: dense student of {sizes['student']:,} parameters (teacher {sizes['teacher']:,})")
         self._train(kind="sft", init=str(student_dir), out=str(self.path("distill")), data=[str(data)],
-                    seq_len=128, steps=c.distill_steps, batch_size=min(64, rows), lr=c.distill_lr,
+                    seq_len=c.sft_seq_len, steps=c.distill_steps, batch_size=min(64, rows), lr=c.distill_lr,
                     warmup_steps=max(1, c.distill_steps // 20), mtp_weight=0.0)
 
-    def stage_eval(self) -> dict:
+    def _evaluate(self, label: str, stage: str, benches: list, k: int, temperature: float = 0.6,
+                  mode: str = "r1") -> dict:
         from .engine import EngineConfig
         from .eval.backends import ModelBackend, Sampling
-        from .eval.benchmarks import task_benchmark
         from .eval.harness import evaluate
+        from .tasks import follows_format
 
         c = self.cfg
-        bench = task_benchmark(c.task, c.difficulty, size=c.eval_size, seed=c.seed)
-        sampling = Sampling(temperature=0.6, top_p=0.95, max_tokens=c.max_tokens, seed=c.seed)
+        sampling = Sampling(temperature=temperature, top_p=0.95, max_tokens=c.max_tokens, seed=c.seed)
+        backend = ModelBackend(self.model(stage), EngineConfig(max_num_seqs=256), mode=mode)
+        out = self.path("eval") / label
+        if out.exists():
+            shutil.rmtree(out)  # checkpoints may have been retrained; never reuse their old samples
+        run = evaluate(backend, benches, k, sampling, out)
+        rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         results = {}
-        for label, stage in (("sft", "sft"), ("rl", "grpo"), ("rs", "rs"), ("distill", "distill")):
-            backend = ModelBackend(self.model(stage), EngineConfig(max_num_seqs=256))
-            out = self.path("eval") / label
-            if out.exists():
-                shutil.rmtree(out)  # checkpoints may have been retrained; never reuse their old samples
-            run = evaluate(backend, [bench], c.eval_k, sampling, out)
-            summary = run["benchmarks"][bench.name] if "benchmarks" in run else run[bench.name]
-            rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-            from .tasks import follows_format
+        for bench in benches:
+            summary = dict(run["benchmarks"][bench.name])
+            mine = [r for r in rows if r["bench"] == bench.name]
+            summary["format_rate"] = sum(follows_format(r["completion"]) for r in mine) / max(len(mine), 1)
+            results[bench.name] = summary
+            self.say(f"eval {label} {bench.name}: " + ", ".join(f"{key}={v:.3f}" for key, v in summary.items()
+                                                               if isinstance(v, float)))
+        return results
 
-            summary["format_rate"] = sum(follows_format(r["completion"]) for r in rows) / max(len(rows), 1)
-            results[label] = summary
-            self.say(f"eval {label}: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()
-                                                   if isinstance(v, float)))
+    def stage_eval(self) -> dict:
+        from .eval.benchmarks import Benchmark, task_benchmark
+        from .tasks import parse_level
+
+        c = self.cfg
+        per_level = [task_benchmark(*parse_level(level), size=c.eval_size, seed=c.seed) for level in c.mix]
+        harder = task_benchmark(*parse_level(c.harder), size=c.eval_size, seed=c.seed)
+        # The other models: eval_size problems spread over the trained levels (the first of each level's set)
+        share = -(-c.eval_size // len(c.mix))
+        mixed = Benchmark("mix", "task", tuple(item for i in range(share) for b in per_level if i < len(b.items)
+                                               for item in [b.items[i]]), per_level[0].grade)
+        results: dict = {"levels": {}, "mix": {}}
+        for label in ("sft", "rl"):
+            results["levels"][label] = self._evaluate(label, MODELS[label], [*per_level, harder], c.eval_k)
+        side = [("rs", "rs", 0.6, "r1"), ("distill", "distill", 0.6, "r1"), ("zero", "zero", 0.6, "r1-zero"),
+                ("sft_same_compute", "control", 0.6, "r1"), ("sft_low_temperature", "sft", c.control_temperature,
+                                                              "r1"), ("rl_mix", "grpo", 0.6, "r1")]
+        for label, stage, temperature, mode in side:
+            if (self.root / f".{stage}.done").exists():
+                results["mix"][label] = self._evaluate(label, stage, [mixed], c.side_k, temperature, mode)["mix"]
         (self.path("eval") / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
         return results
 
@@ -263,7 +365,7 @@ def stage_checkpoint(root: Path, stage: str) -> Path:
     """The checkpoint directory a stage of the run at `root` produced (GRPO keeps its policy in `final/`)."""
     from .train import resolve_checkpoint
 
-    return resolve_checkpoint(root / stage if stage != "grpo" else root / "grpo" / "final")
+    return resolve_checkpoint(root / stage / "final" if stage in ("grpo", "zero") else root / stage)
 
 
 def ship(run_root: Path, ship_dir: Path) -> None:

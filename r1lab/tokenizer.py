@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .data import atomic_write
-from .tasks import FAMILIES, problems, solution
+from .tasks import FAMILIES, problems
 from .tasks.answers import END_THINK, THINK
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -87,14 +87,26 @@ def format_chat(messages: list[dict[str, str]], add_generation_prompt: bool = Fa
     return "".join(parts)
 
 
+def format_zero(prompt: str) -> str:
+    """R1-Zero's prompt for a base model: the problem, then `<think>`, the layout of the pretraining corpus.
+
+    R1-Zero wraps the problem in a sentence of English instructions; a base model that read only task traces
+    has never seen English prose, so the layout it learnt plays that part: it fixes the format, not the method.
+    """
+    return f"{prompt}\n{THINK}\n"
+
+
 def default_corpus(per_level: int = 200, seed: int = 0) -> list[str]:
-    """Prompts and reference traces of every task family and difficulty, train split: the project's own corpus."""
+    """Prompts, reference traces and one search trace (where a level has them) of every task family and
+    difficulty, train split: the project's own corpus."""
+    from .tasks import traces
+
     texts = []
     for name, family in FAMILIES.items():
         for difficulty in family.levels:
             for problem in problems(name, difficulty, "train", per_level, seed=seed, unique=False):
                 texts.append(problem.prompt)
-                texts.append(solution(problem))
+                texts += traces(problem, "both", 1, seed)
     return texts
 
 

@@ -85,7 +85,7 @@ def sample_seed(run_seed: int, item: str, index: int) -> int:
 class ModelBackend:
     """Our own engine over a checkpoint directory: prompts through the R1 chat template, n samples per request."""
 
-    def __init__(self, model_dir: str | Path, engine_config=None, batch: int = 64) -> None:
+    def __init__(self, model_dir: str | Path, engine_config=None, batch: int = 64, mode: str = "r1") -> None:
         from ..checkpoint import CheckpointError
         from ..engine import EngineConfig
         from ..train.state import resolve_checkpoint
@@ -102,6 +102,9 @@ class ModelBackend:
         self.path = path.resolve()
         self.label = self.path.name
         self.engine_config = engine_config or EngineConfig()
+        if mode not in ("r1", "r1-zero"):
+            raise ValueError(f"mode={mode!r}: choose 'r1' (chat template) or 'r1-zero' (problem, then <think>)")
+        self.mode = mode
         self._engine = None  # loaded on first use: a fully cached rerun never loads the model
         self.batch = batch
 
@@ -114,16 +117,17 @@ class ModelBackend:
         return self._engine
 
     def identity(self) -> dict:
-        return {"backend": "model", "model": str(self.path)}
+        return {"backend": "model", "model": str(self.path), **({"mode": self.mode} if self.mode != "r1" else {})}
 
     def complete(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[Request, Completion]]:
         from ..engine import SamplingParams
-        from ..tokenizer import format_chat
+        from ..tokenizer import format_chat, format_zero
 
         groups, too_long = [], 0
         for group in _consecutive_samples(requests):
-            ids = self.engine.encode(format_chat([{"role": "user", "content": group[0].prompt}],
-                                                 add_generation_prompt=True))
+            prompt = group[0].prompt
+            ids = self.engine.encode(format_zero(prompt) if self.mode == "r1-zero" else
+                                     format_chat([{"role": "user", "content": prompt}], add_generation_prompt=True))
             if len(ids) >= self.engine.max_model_len:  # no room to answer: an empty, failed sample
                 too_long += 1
                 for request in group:

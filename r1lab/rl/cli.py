@@ -64,7 +64,8 @@ def reject(args) -> int:
     from ..train import resolve_checkpoint
     from .rejection import rejection_sample
 
-    _, stats = rejection_sample(resolve_checkpoint(args.model), args.tasks, args.difficulties, args.prompts, args.k,
+    levels = [f"{t}:{d}" for t in args.tasks for d in args.difficulties]
+    _, stats = rejection_sample(resolve_checkpoint(args.model), levels, args.prompts, args.k,
                                 args.temperature, args.max_tokens, args.keep_per_prompt, args.seed, out=args.out)
     print(json.dumps(stats))
     return 0

@@ -2,12 +2,19 @@
 
 One step: draw `prompts_per_step` training problems, sample `group_size` completions each at temperature 1,
 score them, and (with dynamic sampling, DAPO) drop groups whose rewards are all equal - they carry no gradient -
-drawing fresh prompts until the batch is full or `max_refill_rounds` is spent. Then `updates_per_batch` (mu)
-passes of clipped-surrogate updates over the batch in micro-batches. `r1-zero` mode starts from a pretrained base
-with a plain think/answer layout; `r1` mode starts from the cold-start SFT model with the chat template.
+drawing fresh prompts until the batch is full or `max_refill_rounds` is spent. Problems come from a mix of
+levels (`countdown:2`, `linear:3`, ...) through a curriculum that keeps RL at the edge of competence: each level's
+rollout accuracy is tracked as a moving average p, and a prompt's level is drawn with weight p(1 - p) + a floor,
+so levels the policy always or never solves (no signal either way) are drawn rarely but still watched. Then
+`updates_per_batch` (mu) passes of clipped-surrogate updates over the batch in micro-batches. `r1-zero` mode
+starts from a pretrained base with a plain think/answer layout; `r1` mode starts from the cold-start SFT model
+with the chat template.
 
-Logged per step (metrics.jsonl): reward, accuracy, format_rate, completion_len, frac_zero_std, kl, clip_fraction,
-entropy, lr, seconds, rollout_tokens_per_s.
+Logged per step (metrics.jsonl): reward, accuracy, format_rate, response_length (mean completion tokens; also
+as completion_len), self_check_rate (completions that check or back up, `rewards.self_checks`), frac_zero_std,
+kl, clip_fraction, entropy, lr, seconds, rollout_tokens_per_s, and per level its prompts this step
+(`mix/countdown:2`) and rollout accuracy (`acc/countdown:2`). `problems_seen.json` lists the keys of the distinct
+training problems drawn per level.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import torch
 from ..checkpoint import load_model
 from ..engine import EngineConfig, LLMEngine, tokenizer_from_dir
 from ..model import update_balance_bias
-from ..tasks import problems as task_problems
+from ..tasks import get_family, parse_level
 from .loss import AGGREGATIONS, group_advantages, grpo_loss
+from .rewards import self_checks
 from .rollout import Group, completion_batch, rollout, token_logprobs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -38,8 +46,10 @@ class GRPOConfig:
     init: str = ""  # checkpoint to start from (SFT model for r1 mode, pretrained base for r1-zero)
     out: str = "runs/grpo"
     mode: str = "r1"
-    tasks: list[str] = field(default_factory=lambda: ["countdown"])
+    tasks: list[str] = field(default_factory=lambda: ["countdown"])  # with difficulties: the mix, when mix is empty
     difficulties: list[int] = field(default_factory=lambda: [2])
+    mix: list[str] = field(default_factory=list)  # levels to train on, e.g. ["countdown:2", "linear:3"]
+    curriculum: bool = True  # draw levels by pass rate (p(1 - p) + floor); False: uniformly
     steps: int = 30
     prompts_per_step: int = 16
     group_size: int = 8
@@ -84,41 +94,87 @@ class GRPOConfig:
         for name, ok, message in checks:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r}: {message}")
+        if not self.mix:
+            self.mix = [f"{t}:{d}" for t in self.tasks for d in self.difficulties]
+        if not self.mix:
+            raise ValueError("mix: no levels to train on (give mix, or tasks and difficulties)")
+        for level in self.mix:
+            parse_level(level)  # a TaskError naming the families and levels there are
         if not self.init:
             raise ValueError("init: the checkpoint to start from is required")
 
 
-class ProblemSampler:
-    """Training-split problems of the task mix, drawn without repetition within a run, deterministic by seed."""
+class Curriculum:
+    """Training-split problems of a mix of levels, each level's share following the policy's pass rate there.
 
-    def __init__(self, tasks: list[str], difficulties: list[int], seed: int, pool: int = 4000):
-        self.pool = []
-        for t_i, task in enumerate(tasks):
-            for d in difficulties:
-                self.pool += list(task_problems(task, d, "train", pool // (len(tasks) * len(difficulties)),
-                                                seed=seed * 7919 + t_i * 101 + d, unique=False))
-        random.Random(seed).shuffle(self.pool)
-        self.position = 0
+    Each level has its own endless seeded stream of problems. `take(n)` draws each prompt's level with weight
+    p(1 - p) + `floor`, p being the level's moving-average rollout accuracy (0.5 before any rollout), so the
+    batch leans to the levels where some completions succeed and some fail: the only groups with a gradient.
+    `adaptive=False` draws levels uniformly. Deterministic by seed; `seen` holds the distinct problems drawn.
+    """
+
+    def __init__(self, levels: list[str], seed: int, adaptive: bool = True, floor: float = 0.05,
+                 smoothing: float = 0.8):
+        self.levels = list(dict.fromkeys(levels))
+        self.adaptive, self.floor, self.smoothing = adaptive, floor, smoothing
+        self.streams = {}
+        for level in self.levels:
+            task, difficulty = parse_level(level)
+            self.streams[level] = get_family(task).stream(seed, difficulty, "train")
+        self.pass_rate = {level: 0.5 for level in self.levels}
+        self.seen: dict[str, set[str]] = {level: set() for level in self.levels}
+        self.rng = random.Random(f"curriculum/{seed}")
+
+    def weights(self) -> list[float]:
+        if not self.adaptive:
+            return [1.0] * len(self.levels)
+        return [p * (1 - p) + self.floor for p in (self.pass_rate[level] for level in self.levels)]
 
     def take(self, n: int) -> list:
         out = []
-        for _ in range(n):
-            out.append(self.pool[self.position % len(self.pool)])
-            self.position += 1
+        for level in self.rng.choices(self.levels, self.weights(), k=n):
+            try:
+                problem = next(self.streams[level])
+            except RuntimeError as e:  # a level whose train split holds nothing: say which, keep the rest
+                raise ValueError(f"curriculum level {level} has no training problems ({e})") from None
+            self.seen[level].add(get_family(problem.task).key(problem))
+            out.append(problem)
         return out
+
+    def update(self, groups: list[Group]) -> None:
+        """Fold a step's rollout accuracy per level into the moving averages."""
+        by_level: dict[str, list[float]] = {}
+        for g in groups:
+            by_level.setdefault(level_of(g.problem), []).extend(r["accuracy"] for r in g.rewards)
+        for level, accuracies in by_level.items():
+            if level in self.pass_rate:
+                mean = sum(accuracies) / len(accuracies)
+                self.pass_rate[level] = self.smoothing * self.pass_rate[level] + (1 - self.smoothing) * mean
+
+
+def level_of(problem) -> str:
+    return f"{problem.task}:{problem.difficulty}"
 
 
 def _metrics_of(groups: list[Group], kept: list[Group]) -> dict[str, float]:
     rewards = [r for g in groups for r in g.rewards]
     lengths = [len(c) for g in groups for c in g.completions]
-    return {
+    texts = [t for g in groups for t in g.texts]
+    row = {
         "reward": sum(r["reward"] for r in rewards) / len(rewards),
         "accuracy": sum(r["accuracy"] for r in rewards) / len(rewards),
         "format_rate": sum(r["format"] for r in rewards) / len(rewards),
+        "response_length": sum(lengths) / len(lengths),
         "completion_len": sum(lengths) / len(lengths),
+        "self_check_rate": sum(self_checks(t) > 0 for t in texts) / len(texts),
         "frac_zero_std": sum(not g.has_signal for g in groups) / len(groups),
         "groups_used": len(kept),
     }
+    for level in sorted({level_of(g.problem) for g in groups}):
+        mine = [r["accuracy"] for g in groups if level_of(g.problem) == level for r in g.rewards]
+        row[f"mix/{level}"] = sum(level_of(g.problem) == level for g in groups)
+        row[f"acc/{level}"] = sum(mine) / len(mine)
+    return row
 
 
 class GRPOTrainer:
@@ -136,7 +192,7 @@ class GRPOTrainer:
         self.pad_id = self.model.config.eos_token_id or 0
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                            weight_decay=cfg.weight_decay)
-        self.sampler = ProblemSampler(cfg.tasks, cfg.difficulties, cfg.seed)
+        self.curriculum = Curriculum(cfg.mix, cfg.seed, adaptive=cfg.curriculum)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
 
@@ -149,10 +205,11 @@ class GRPOTrainer:
             need = cfg.prompts_per_step - len(kept) if cfg.dynamic_sampling else cfg.prompts_per_step
             if need <= 0:
                 break
-            groups = rollout(self.engine, self.sampler.take(need), cfg.group_size, cfg.temperature, cfg.top_p,
+            groups = rollout(self.engine, self.curriculum.take(need), cfg.group_size, cfg.temperature, cfg.top_p,
                              cfg.max_tokens, seed=cfg.seed * 1_000_003 + step * 31 + round_, mode=cfg.mode,
                              format_weight=cfg.format_weight, overlong_buffer=cfg.overlong_buffer)
             seen += groups
+            self.curriculum.update(groups)
             kept += [g for g in groups if g.has_signal] if cfg.dynamic_sampling else groups
             if not cfg.dynamic_sampling:
                 break
@@ -207,6 +264,7 @@ class GRPOTrainer:
         from ..train.metrics import MetricsLog
 
         log = MetricsLog(self.out)
+        self.samples: list[dict] = []
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -226,6 +284,8 @@ class GRPOTrainer:
                 row["seconds"] = time.perf_counter() - start
                 row["rollout_tokens_per_s"] = (self.engine.stats["generated_tokens"] - generated_before) / rollout_s
                 log.write(row)
+                self.samples.append({"step": step, "prompt": seen[0].problem.prompt, "completion": seen[0].texts[0],
+                                     "accuracy": seen[0].rewards[0]["accuracy"]})
                 if bar:
                     bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['accuracy']:.2f}",
                                     fmt=f"{row['format_rate']:.2f}", zero_std=f"{row['frac_zero_std']:.2f}")
@@ -234,6 +294,10 @@ class GRPOTrainer:
             log.close()
             if bar:
                 bar.close()
+            seen = {level: sorted(keys) for level, keys in self.curriculum.seen.items()}
+            (self.out / "problems_seen.json").write_text(json.dumps(seen) + "\n")
+            with open(self.out / "samples.jsonl", "w") as f:  # one completion per step, for the report
+                f.writelines(json.dumps(row) + "\n" for row in self.samples)
         return self.save()
 
     def save(self) -> Path:

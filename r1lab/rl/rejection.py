@@ -10,22 +10,18 @@ from pathlib import Path
 
 from ..data import write_jsonl
 from ..engine import EngineConfig, LLMEngine
-from ..tasks import THINK, Problem
-from ..tasks import problems as task_problems
+from ..tasks import THINK, Problem, mix_problems
 from .rewards import accuracy_reward, format_reward
 from .rollout import rollout
 
 
-def rejection_sample(model_dir: str | Path, tasks: list[str], difficulties: list[int], prompts: int, k: int = 8,
+def rejection_sample(model_dir: str | Path, levels: list[str], prompts: int, k: int = 8,
                      temperature: float = 1.0, max_tokens: int = 128, keep_per_prompt: int = 2, seed: int = 0,
                      mode: str = "r1", out: str | Path | None = None) -> tuple[list[dict], dict]:
-    """Sample k per prompt, keep verified and well-formatted completions; returns (rows, stats)."""
+    """Sample k per prompt over training problems of the levels (`countdown:2`, ...), keep verified and
+    well-formatted completions; returns (rows, stats)."""
     engine = LLMEngine(model_dir, EngineConfig(max_num_seqs=256))
-    pool: list[Problem] = []
-    per = max(1, prompts // (len(tasks) * len(difficulties)))
-    for t_i, task in enumerate(tasks):
-        for d in difficulties:
-            pool += list(task_problems(task, d, "train", per, seed=10_000 + seed * 97 + t_i * 13 + d))
+    pool: list[Problem] = mix_problems(levels, "train", prompts, seed=10_000 + seed)
     rows, sampled, kept_prompts = [], 0, 0
     for start in range(0, len(pool), 64):
         groups = rollout(engine, pool[start:start + 64], k, temperature, max_tokens=max_tokens,

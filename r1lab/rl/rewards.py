@@ -6,7 +6,13 @@ reasoning, `</think>`, then the answer.
 
 from __future__ import annotations
 
+import re
+
 from ..tasks import Problem, follows_format, score
+
+# What a searcher writes when it rejects a try, backs up or checks its work: the search traces' own words
+# (`no`, `too big`, `back`, `check`) and the R1-Zero paper's ("wait", "re-check", "verify").
+_SELF_CHECK = re.compile(r"(?i)\b(?:no|too big|back|check|re-check|wait|verify)\b")
 
 
 def accuracy_reward(problem: Problem, completion: str) -> float:
@@ -27,6 +33,17 @@ def format_reward(completion: str) -> float:
     (1.0, 0.0)
     """
     return 1.0 if follows_format(completion) else 0.0
+
+
+def self_checks(completion: str) -> int:
+    """How often a completion's reasoning rejects a try, backs up or checks a result.
+
+    >>> self_checks("9+4=13 [13 2]: 13+2=15 no\\nback [9 4 2]\\ncheck 9*2+4: ok\\n</think>\\nAnswer: 9*2+4")
+    3
+    >>> self_checks("<think>\\n7 * 3 = 21\\n</think>\\nAnswer: 21")
+    0
+    """
+    return len(_SELF_CHECK.findall(completion.split("</think>")[0]))
 
 
 def overlong_penalty(num_tokens: int, max_tokens: int, buffer: int) -> float:

@@ -13,8 +13,7 @@ import torch
 
 from ..engine import LLMEngine, SamplingParams
 from ..tasks import Problem
-from ..tasks.answers import THINK
-from ..tokenizer import format_chat
+from ..tokenizer import format_chat, format_zero
 from .rewards import total_reward
 
 
@@ -23,12 +22,12 @@ def prompt_text(problem: Problem, mode: str = "r1") -> str:
 
     r1: the chat template with its generation prompt (`...<｜Assistant｜><think>\\n`), as after cold-start SFT.
     r1-zero: the plain problem followed by `<think>\\n`, the layout of the pretraining corpus, so a base model
-    that never saw the chat template can still be asked to reason first.
+    that never saw the chat template can still be asked to reason first (`tokenizer.format_zero`).
     """
     if mode == "r1":
         return format_chat([{"role": "user", "content": problem.prompt}], add_generation_prompt=True)
     if mode == "r1-zero":
-        return f"{problem.prompt}\n{THINK}\n"
+        return format_zero(problem.prompt)
     raise ValueError(f"mode={mode!r}: choose 'r1' or 'r1-zero'")
 
 

@@ -66,7 +66,9 @@ class Family:
 
     `sample(rng, difficulty)` draws one problem from the whole space (both splits); `key(problem)` is the
     canonical text that decides its split; `solution(problem)` is the reference trace; `score(problem,
-    completion)` is the verifier, 1.0 for a verified final answer and 0.0 otherwise.
+    completion)` is the verifier, 1.0 for a verified final answer and 0.0 otherwise. `search(problem, rng)`,
+    where a family has one, draws one of many search traces (tries, dead ends, a final check) for the levels in
+    `search_levels`.
     """
 
     name: str
@@ -76,6 +78,8 @@ class Family:
     key: Callable[[Problem], str]
     solution: Callable[[Problem], str]
     score: Callable[[Problem, str], float]
+    search: Callable[[Problem, random.Random], str] | None = None
+    search_levels: tuple[int, ...] = ()
 
     def check(self, difficulty: int, split: str = "train") -> None:
         if difficulty not in self.levels:
@@ -100,3 +104,28 @@ class Family:
     def generate(self, seed: int, difficulty: int, split: str = "train") -> Problem:
         """The problem for this seed: the first one of `split` drawn from the seed's RNG."""
         return next(self.stream(seed, difficulty, split))
+
+
+def estimate_space(family: Family, difficulty: int, draws: int = 20_000, seed: int = 0) -> int:
+    """How many distinct problems a level's generator can produce: a capture-recapture estimate.
+
+    Two independent samples of `draws` problems; with m keys in both, the Lincoln-Petersen estimate is
+    n1 * n2 / m over the distinct keys of each. The generator does not draw problems uniformly, so for large
+    spaces this is a lower bound: the rare problems it under-counts still exist. When the samples overlap
+    completely (a small space), it is the number of distinct keys seen.
+
+    >>> from r1lab.tasks import get_family
+    >>> estimate_space(get_family("countdown"), 1, draws=5000)  # two numbers up to 10: a few hundred problems
+    139
+    """
+    family.check(difficulty)
+    samples = []
+    for half in range(2):
+        rng = random.Random(f"space/{family.name}/{difficulty}/{seed}/{half}")
+        samples.append({family.key(family.sample(rng, difficulty)) for _ in range(draws)})
+    first, second = samples
+    both = len(first & second)
+    union = len(first | second)
+    if both == 0:
+        return union * draws  # the samples never met: the space is far larger than anything drawn here
+    return max(union, round(len(first) * len(second) / both))

@@ -26,8 +26,8 @@ NAME = "countdown"
 # difficulty -> (how many numbers, largest number, operators, largest target)
 _SETTINGS = {
     1: (2, 10, "+-*", 100),
-    2: (3, 10, "+-*", 100),
-    3: (3, 20, "+-*/", 200),
+    2: (3, 25, "+-*", 250),
+    3: (3, 50, "+-*/", 500),
     4: (4, 25, "+-*/", 500),
     5: (5, 25, "+-*/", 999),
 }
@@ -262,8 +262,142 @@ def _combine(rng: random.Random, a: _Node, b: _Node, ops: str) -> _Node:
     return _Node(value, op, a, b)
 
 
+# ---------------------------------------------------------------------- search traces
+# The reference trace above writes down the answer's steps in order, which asks a model to find the whole
+# solution before its first token. A search trace instead explores the way a person does (Stream of Search,
+# Gandhi et al. 2024): make a move, write the numbers left, and with two numbers left try each operation against
+# the target; a dead end says `no` (or `back [...]` one level up) and the next move is tried; the solution is
+# checked step by step before the answer is written. Every line states the numbers still in play, so the trace
+# is the same recursion at every size: four numbers are one move away from a three-number problem.
+
+_STRATEGIES = ("random", "closest", "in order")  # how a searcher orders its next moves
+MAX_FAILED_MOVES = 3  # dead-end moves tried at one level before the move that works (bounds a trace's length)
+
+
+def _moves(state: tuple[_Node, ...], ops: str) -> list[tuple[str, tuple[_Node, ...]]]:
+    """Every legal move from `state`: its text `a*b=c` and the numbers left after it (the new one first)."""
+    out, seen = [], set()
+    for i in range(len(state)):
+        for j in range(i + 1, len(state)):
+            a, b = (state[i], state[j]) if state[i].value >= state[j].value else (state[j], state[i])
+            rest = state[:i] + state[i + 1:j] + state[j + 1:]
+            for op in ops:
+                if (op == "-" and a.value == b.value) or (op == "/" and (b.value == 1 or a.value % b.value)):
+                    continue
+                text = f"{a.value}{op}{b.value}={int(_OPERATIONS[op](a.value, b.value))}"
+                if text not in seen:
+                    seen.add(text)
+                    out.append((text, (_Node(int(_OPERATIONS[op](a.value, b.value)), op, a, b),) + rest))
+    return out
+
+
+def _solvable(values: tuple[int, ...], target: int, ops: str, memo: dict) -> bool:
+    key = (tuple(sorted(values)), target)
+    if key not in memo:
+        if len(values) == 1:
+            memo[key] = values[0] == target
+        else:
+            nodes = tuple(_Node(v) for v in values)
+            memo[key] = any(_solvable(tuple(n.value for n in nxt), target, ops, memo) for _, nxt in _moves(nodes, ops))
+    return memo[key]
+
+
+def _state(nodes: tuple[_Node, ...]) -> str:
+    return "[" + " ".join(str(n.value) for n in nodes) + "]"
+
+
+class _Searcher:
+    """One searcher's walk over the game tree: its move order, its patience, the lines it writes."""
+
+    def __init__(self, target: int, ops: str, rng: random.Random):
+        self.target, self.ops, self.rng = target, ops, rng
+        self.strategy = rng.choice(_STRATEGIES)
+        self.memo: dict = {}
+        self.lines: list[str] = []
+
+    def order(self, moves: list) -> list:
+        if self.strategy == "random":
+            return self.rng.sample(moves, len(moves))
+        if self.strategy == "closest":  # results nearest the target first, ties broken at random
+            return sorted(moves, key=lambda m: (abs(m[1][0].value - self.target), self.rng.random()))
+        return list(moves)
+
+    def solvable(self, nodes: tuple[_Node, ...]) -> bool:
+        return _solvable(tuple(n.value for n in nodes), self.target, self.ops, self.memo)
+
+    def leaf(self, nodes: tuple[_Node, ...]) -> tuple[str, _Node | None]:
+        """Two numbers left: try each operation against the target, stopping at the one that hits it."""
+        tries = []
+        for text, after in self.order(_moves(nodes, self.ops)):
+            if after[0].op == "*" and after[0].value > self.target:
+                tries.append(text.split("=")[0] + " too big")  # no need to work out a product past the target
+                continue
+            tries.append(text)
+            if after[0].value == self.target:
+                return ", ".join(tries) + " yes", after[0]
+        return ", ".join(tries) + " no", None
+
+    def search(self, nodes: tuple[_Node, ...], indent: str = "") -> _Node | None:
+        """Explore from `nodes` (3 or more numbers); the solution's root node, or None at a dead end given up on.
+
+        A solvable state is searched until solved, with at most `MAX_FAILED_MOVES` dead-end moves first; an
+        unsolvable one (reached only by a dead-end move) is given up after one to three tries."""
+        moves = self.order(_moves(nodes, self.ops))
+        if self.solvable(nodes):
+            good = next(i for i, (_, after) in enumerate(moves) if self.solvable(after))
+            failed = [m for m in moves[:good]][: self.rng.randint(0, MAX_FAILED_MOVES)]
+            moves = failed + [moves[good]]
+        else:
+            moves = moves[: self.rng.randint(1, 3)]
+        for text, after in moves:
+            if len(after) == 2:
+                checks, found = self.leaf(after)
+                self.lines.append(f"{indent}{text} {_state(after)}: {checks}")
+                if found is not None:
+                    return found
+                continue
+            self.lines.append(f"{indent}{text} {_state(after)}")
+            found = self.search(after, indent + " ")
+            if found is not None:
+                return found
+            self.lines.append(f"{indent}back {_state(nodes)}")
+        return None
+
+
+def search_solution(problem: Problem, rng: random.Random) -> str:
+    """One search trace for a Countdown problem, drawn with `rng` (its move order, how many dead ends).
+
+    >>> p = make([8, 3, 6], 30, "8 * 3 + 6")
+    >>> print(search_solution(p, random.Random(5)))
+    <think>
+    8+3=11 [11 6]: 11+6=17, 11-6=5, 11*6 too big no
+    8-3=5 [5 6]: 6+5=11, 6-5=1, 6*5=30 yes
+    check 6*(8-3): 8-3=5, 6*5=30 ok
+    </think>
+    Answer: 6*(8-3)
+    >>> all(score(p, search_solution(p, random.Random(s))) == 1.0 for s in range(50))
+    True
+    """
+    numbers, target = problem.metadata["numbers"], problem.metadata["target"]
+    ops = _SETTINGS[problem.difficulty][2] if problem.difficulty in _SETTINGS else "+-*/"
+    searcher = _Searcher(target, ops, rng)
+    nodes = tuple(_Node(n) for n in numbers)
+    if len(nodes) == 2:
+        checks, found = searcher.leaf(nodes)
+        searcher.lines.append(checks)
+    else:
+        found = searcher.search(nodes)
+    if found is None:
+        raise ValueError(f"{problem.prompt!r} has no solution with {ops}")
+    answer = found.text().replace(" ", "")
+    steps: list[str] = []
+    parse_expression(answer, steps=steps)
+    searcher.lines.append(f"check {answer}: " + ", ".join(s.replace(" ", "") for s in steps) + " ok")
+    return format_solution(searcher.lines, answer)
+
+
 FAMILY = Family(NAME, "reach the target with the given numbers, each used once", LEVELS, sample, key, solution,
-                score)
+                score, search=search_solution, search_levels=tuple(LEVELS))
 
 
 def generate(seed: int, difficulty: int, split: str = "train") -> Problem:

@@ -12,7 +12,7 @@ import random
 from fractions import Fraction
 
 from .answers import format_solution, score_number
-from .base import Family, Problem
+from .base import Family, Problem, TaskError
 
 NAME = "linear"
 LEVELS = {
@@ -146,7 +146,79 @@ def _value(x: Fraction) -> str:
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
 
-FAMILY = Family(NAME, "solve a linear equation for x", LEVELS, sample, key, solution, score)
+# ---------------------------------------------------------------------- search traces
+# A search trace guesses and checks instead of rearranging: put a value in for x, work out both sides, and
+# compare. The gap between the sides changes by the same amount for every step of x (the equation is linear),
+# so two guesses tell how far to go; a searcher either walks there a step at a time (when it is close) or jumps,
+# and the last guess is the check. Whole-number roots only (levels 1 to 4): a fractional root has no guess that
+# lands on it.
+
+
+def _sides(m: dict, x: int) -> tuple[str, int, str, int]:
+    """Both sides at x, written out: ('3*4+5', 17, '7*4-11', 17)."""
+    a, b, c, d = m["a"], m["b"], m["c"], m["d"]
+    if m["bracket"]:
+        left_text, left = f"{a}*({_paren(x)}{b:+d})", a * (x + b)
+    else:
+        left_text, left = f"{a}*{_paren(x)}{b:+d}", a * x + b
+    right_text, right = (f"{c}*{_paren(x)}{d:+d}", c * x + d) if c else ("", d)
+    return left_text, left, right_text, right
+
+
+def _paren(x: int) -> str:
+    return f"({x})" if x < 0 else str(x)
+
+
+def search_solution(problem: Problem, rng: random.Random) -> str:
+    """One guess-and-check trace for a linear equation with a whole-number root, drawn with `rng`.
+
+    >>> p = make(3, 5, 7, -11)
+    >>> print(search_solution(p, random.Random(1)))
+    <think>
+    x=-3: 3*(-3)+5=-4, 7*(-3)-11=-32, gap 28
+    x=-2: 3*(-2)+5=-1, 7*(-2)-11=-25, gap 24
+    gap -4 per step, 24/4=6 more steps: x=4
+    x=4: 3*4+5=17, 7*4-11=17, gap 0 yes
+    </think>
+    Answer: 4
+    >>> all(score(p, search_solution(p, random.Random(s))) == 1.0 for s in range(50))
+    True
+    """
+    m = problem.metadata
+    root = Fraction(problem.answer)
+    if root.denominator != 1:
+        raise TaskError(f"{problem.prompt!r}: a fractional root has no search trace")
+    root = int(root)
+    lines: list[str] = []
+
+    def guess(x: int) -> int:
+        left_text, left, right_text, right = _sides(m, x)
+        gap = left - right
+        right_side = f"{right_text}={right}" if right_text else str(right)
+        lines.append(f"x={x}: {left_text}={left}, {right_side}, gap {gap}" + (" yes" if gap == 0 else ""))
+        return gap
+
+    x = rng.choice([0, 1, rng.randint(-5, 5)])
+    if x == root:
+        x += rng.choice([-1, 1])
+    first = guess(x)
+    second = guess(x + 1)
+    slope = second - first  # the gap's change per step of x
+    x += 1
+    if abs(root - x) <= rng.choice([1, 2]):  # close: walk
+        while x != root:
+            x += 1 if root > x else -1
+            guess(x)
+    else:  # far: jump
+        steps = -second // slope
+        lines.append(f"gap {slope:+d} per step, {abs(second)}/{abs(slope)}={abs(steps)} "
+                     f"{'more steps' if steps > 0 else 'steps back'}: x={x + steps}")
+        guess(x + steps)
+    return format_solution(lines, problem.answer)
+
+
+FAMILY = Family(NAME, "solve a linear equation for x", LEVELS, sample, key, solution, score,
+                search=search_solution, search_levels=(1, 2, 3, 4))
 
 
 def generate(seed: int, difficulty: int, split: str = "train") -> Problem:

@@ -71,6 +71,11 @@ def _flags(p: argparse.ArgumentParser) -> None:
                    help="difficulty levels of the generated corpus (default: all)")
     g.add_argument("--per-level", type=int, metavar="N", default=S,
                    help="generated problems per family and difficulty (default 100)")
+    g.add_argument("--traces", choices=("reference", "search", "both"), default=S,
+                   help="generated corpus: learn each problem from its reference trace (default), search traces "
+                        "(tries, dead ends, a final check; countdown and linear) or both")
+    g.add_argument("--traces-per-problem", type=int, metavar="N", default=S,
+                   help="generated corpus: distinct search traces per problem (default 1)")
     g.add_argument("--seq-len", type=int, metavar="T", default=S, help="tokens per sequence (default 256)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, metavar="N", default=S,

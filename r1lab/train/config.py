@@ -25,7 +25,7 @@ KINDS = ("pretrain", "sft")
 # Fields that decide which tokens a step sees. A resumed run must keep them, or it would not continue the same
 # data stream (`check_resumable`). The global batch is checked as a product, so the world size may change. Data
 # files are checked by content (a digest of the tokenised examples, in the trainer), so they may move.
-_STREAM_FIELDS = ("kind", "tasks", "difficulties", "per_level", "seq_len", "seed")
+_STREAM_FIELDS = ("kind", "tasks", "difficulties", "per_level", "traces", "traces_per_problem", "seq_len", "seed")
 
 
 @dataclass
@@ -43,6 +43,8 @@ class TrainConfig:
     tasks: list[str] = field(default_factory=list)  # built-in corpus: task families (empty: all)
     difficulties: list[int] = field(default_factory=list)  # built-in corpus: levels (empty: all of each family)
     per_level: int = 100  # built-in corpus: problems per family and difficulty
+    traces: str = "reference"  # built-in corpus: reference, search or both (r1lab.tasks.traces)
+    traces_per_problem: int = 1  # built-in corpus: search traces per problem
     seq_len: int = 256
     # optimisation
     steps: int = 100  # total optimiser steps, counted from the start of the run (a resume continues to it)
@@ -97,7 +99,10 @@ class TrainConfig:
         need(self.kind in KINDS, "kind", f"allowed values: {', '.join(KINDS)}")
         need(not (self.preset and self.model_config), "preset", "give either preset or model_config, not both")
         need(not (self.init and self.resume), "init", "give either init (new run from weights) or resume, not both")
-        for name in ("steps", "batch_size", "grad_accum", "per_level", "keep_checkpoints"):
+        from ..tasks import TRACE_STYLES
+
+        need(self.traces in TRACE_STYLES, "traces", f"allowed values: {', '.join(TRACE_STYLES)}")
+        for name in ("steps", "batch_size", "grad_accum", "per_level", "traces_per_problem", "keep_checkpoints"):
             integer(name, 1)
         integer("seq_len", 8)
         for name in ("warmup_steps", "save_every", "seed"):

@@ -67,9 +67,14 @@ def read_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def task_rows(tasks: Sequence[str] = (), difficulties: Sequence[int] = (), per_level: int = 100,
-              seed: int = 0) -> list[dict[str, Any]]:
-    """The built-in corpus: `per_level` train-split problems of each task family and difficulty, as data rows."""
+              seed: int = 0, traces: str = "reference", traces_per_problem: int = 1) -> list[dict[str, Any]]:
+    """The built-in corpus: `per_level` train-split problems of each task family and difficulty, as data rows.
+
+    `traces` picks what each problem is learnt from (`r1lab.tasks.traces`): the reference trace, up to
+    `traces_per_problem` search traces, or both; one row per trace. Only a problem's first row keeps its
+    `answer`, so pretraining writes its plain question/answer document once."""
     from ..tasks import FAMILIES, get_family, problems, to_row
+    from ..tasks import traces as traces_of
 
     rows = []
     for name in tasks or list(FAMILIES):
@@ -77,8 +82,10 @@ def task_rows(tasks: Sequence[str] = (), difficulties: Sequence[int] = (), per_l
         levels = [d for d in family.levels if not difficulties or d in difficulties]
         for difficulty in difficulties:
             family.check(difficulty)
-        rows += [to_row(p, "train") for d in levels
-                 for p in problems(name, d, "train", per_level, seed=seed, unique=False)]
+        for d in levels:
+            for p in problems(name, d, "train", per_level, seed=seed, unique=False):
+                for i, trace in enumerate(traces_of(p, traces, traces_per_problem, seed)):
+                    rows.append({**to_row(p, "train", trace), **({"answer": ""} if i else {})})
     return rows
 
 

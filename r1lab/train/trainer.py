@@ -186,7 +186,8 @@ class Trainer:
         cfg = self.cfg
         if examples is not None:
             return tokenizer, examples
-        rows = read_rows(cfg.data) if cfg.data else task_rows(cfg.tasks, cfg.difficulties, cfg.per_level, cfg.seed)
+        rows = read_rows(cfg.data) if cfg.data else task_rows(cfg.tasks, cfg.difficulties, cfg.per_level, cfg.seed,
+                                                                cfg.traces, cfg.traces_per_problem)
         if cfg.kind == "pretrain":
             docs = pretrain_documents(rows)
             texts = docs
