@@ -403,8 +403,15 @@ def add_run(sub) -> None:
     p.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all)")
     p.add_argument("--micro", action="store_true", help="seconds-long settings (for CI); figures mean nothing")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sft-steps", type=_steps, help="cold-start SFT steps (default 500, about 5 minutes)")
-    p.add_argument("--grpo-steps", type=_steps, help="GRPO steps (default 40, about 3 minutes)")
+    p.add_argument("--mix", nargs="+", metavar="LEVEL",
+                   help="levels to train on, FAMILY:DIFFICULTY (default countdown:2 countdown:3 linear:3; "
+                        "`r1lab tasks list` says what each means)")
+    p.add_argument("--harder", metavar="LEVEL", help="a level evaluated but never trained on (default countdown:4)")
+    p.add_argument("--traces", choices=("search", "reference", "both"),
+                   help="what the cold start imitates: search traces (default), the reference traces, or both")
+    p.add_argument("--sft-steps", type=_steps, help="cold-start SFT steps (default 300)")
+    p.add_argument("--grpo-steps", type=_steps, help="GRPO steps (default 40)")
+    p.add_argument("--zero-steps", type=_steps, help="R1-Zero GRPO steps from the base model (default 30)")
     p.add_argument("--grpo-beta", type=_beta, metavar="BETA",
                    help="weight of the KL penalty to the SFT model in GRPO (default 0: no reference model kept)")
     p.add_argument("--ship", nargs="?", const=str(DEFAULT_SHIP), metavar="DIR",
@@ -441,7 +448,7 @@ def config_from_args(args) -> PipelineConfig:
     overrides = {"name": args.name, "runs": args.runs, "seed": args.seed}
     if args.stages:
         overrides["stages"] = args.stages
-    for name in ("sft_steps", "grpo_steps", "grpo_beta"):
+    for name in ("mix", "harder", "traces", "sft_steps", "grpo_steps", "zero_steps", "grpo_beta"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return PipelineConfig.micro(**overrides) if args.micro else PipelineConfig(**overrides)

@@ -1,5 +1,7 @@
 """A short GRPO run on a trivial task must raise the reward."""
 
+import itertools
+
 import torch
 
 
@@ -59,7 +61,7 @@ def test_short_grpo_run_raises_the_reward(tmp_path):
     candidates = list(problems("arithmetic", 1, "train", 24, seed=11))
     per_problem = accuracy(candidates, samples=8, seed=3)
     chosen = [p for p, a in sorted(zip(candidates, per_problem, strict=True), key=lambda x: abs(x[1] - 0.4))][:4]
-    trainer.sampler.pool, trainer.sampler.position = chosen, 0
+    trainer.curriculum.streams["arithmetic:1"] = itertools.cycle(chosen)
     before = sum(accuracy(chosen)) / 4
     for step in range(1, 17):
         seen, kept = trainer.collect(step)

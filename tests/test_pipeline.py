@@ -13,25 +13,43 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     root = tmp_path / "ci"
     assert [json.loads(line)["step"] for line in (root / "sft" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     report = json.loads((root / "report.json").read_text())
-    for model in ("sft", "rl", "distill"):
+    for model in ("sft", "rl", "distill", "rs", "zero", "rl_mix"):
         assert {"pass@1", "pass@2"} <= set(report[model])
         assert 0 <= report[model]["pass@1"] <= report[model]["pass@2"] <= 1
-    assert 0 <= report["format_rate"] <= 1 and report["bench"] == "countdown:2"
+    mix = ["countdown:2", "countdown:3", "linear:3"]
+    assert 0 <= report["format_rate"] <= 1 and report["bench"] == "mix of " + ", ".join(mix)
+    # the contract of report.json: per-level figures for sft and rl, the harder level among them
+    assert list(report["eval"]) == [*mix, "countdown:4"] and report["harder"] == "countdown:4"
+    for figures in report["eval"].values():
+        assert {"n", "pass@1", "pass@2"} <= set(figures["sft"]) and {"n", "pass@1", "pass@2"} <= set(figures["rl"])
+    assert report["sft"]["pass@1"] == pytest.approx(sum(report["eval"][m]["sft"]["pass@1"] for m in mix) / 3)
+    assert set(report["space"]) == set(mix)
+    for level in mix:
+        seen, space = report["space"][level]["train_problems_seen"], report["space"][level]["space_estimate"]
+        assert 0 < seen < space
+    curve_keys = {"step", "reward", "response_length", "self_check_rate", "frac_zero_std"}
+    assert len(report["grpo_curve"]) == 1 and curve_keys <= set(report["grpo_curve"][0])
+    assert len(report["zero_curve"]) == 2 and curve_keys <= set(report["zero_curve"][0])
+    assert set(report["controls"]) == {"sft_same_compute", "sft_low_temperature"}
+    assert all("pass@1" in c for c in report["controls"].values())
     # --grpo-beta reaches the GRPO trainer (which then keeps a reference model) and the report's config
     assert json.loads((root / "grpo" / "final" / "grpo_config.json").read_text())["beta"] == 0.04
     assert report["config"]["grpo_beta"] == 0.04
-    assert "cold-start SFT 3 steps, GRPO 1 steps (KL weight 0.04)" in (root / "report.md").read_text()
+    text = (root / "report.md").read_text()
+    assert "cold start 3 SFT steps on search traces" in text and "GRPO 1 steps" in text and "KL weight 0.04" in text
+    assert "countdown:4 (untrained)" in text and "R1-Zero" in text
     for plot in ("grpo.png", "expert_load.png", "accuracy.png"):
         assert (root / plot).stat().st_size > 1000
     rows = [json.loads(line) for line in (root / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1
-    assert {"reward", "accuracy", "format_rate", "completion_len", "frac_zero_std", "kl", "clip_fraction",
-            "entropy"} <= set(rows[0])
+    assert {"reward", "accuracy", "format_rate", "response_length", "self_check_rate", "frac_zero_std", "kl",
+            "clip_fraction", "entropy"} <= set(rows[0])
+    assert sum(rows[0][f"mix/{level}"] for level in mix if f"mix/{level}" in rows[0]) >= 4  # prompts by level
     for name in ("tiny-r1-sft", "tiny-r1", "tiny-r1-distill"):
         shipped = tmp_path / "ship" / name
         assert (shipped / "model.safetensors").exists() and (shipped / "tokenizer.json").exists()
         assert not (shipped / "training_state").exists()
-    assert json.loads((tmp_path / "ship" / "report.json").read_text())["bench"] == "countdown:2"
+    assert json.loads((tmp_path / "ship" / "report.json").read_text())["bench"] == report["bench"]
     assert all((tmp_path / "ship" / plot).exists() for plot in report["plots"])  # report.md links them
     # A second run skips every finished stage.
     assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path)]) == 0

@@ -128,3 +128,44 @@ def test_token_logprobs_from_a_later_position_are_the_full_ones_sliced():
     assert full.shape == (3, 11) and late.shape == (3, 6)
     torch.testing.assert_close(late, full[:, 5:])
     torch.testing.assert_close(late_entropy, full_entropy[:, 5:])
+
+
+def test_curriculum_leans_to_the_edge_of_competence_and_counts_what_it_drew():
+    from r1lab.rl.grpo import Curriculum
+    from r1lab.rl.rollout import Group
+
+    levels = ["countdown:2", "countdown:3", "linear:3"]
+    first, again = Curriculum(levels, seed=1), Curriculum(levels, seed=1)
+    assert [p.prompt for p in first.take(12)] == [p.prompt for p in again.take(12)]  # deterministic by seed
+    assert first.weights() == [0.3, 0.3, 0.3]  # p = 0.5 everywhere before any rollout: uniform
+
+    def groups(level, accuracy):
+        problem = next(first.streams[level])
+        rewards = [{"reward": a, "accuracy": a, "format": 1.0} for a in accuracy]
+        return Group(problem, [], [[]] * len(accuracy), [""] * len(accuracy), rewards)
+
+    for _ in range(20):  # countdown:2 always solved, countdown:3 never, linear:3 half the time
+        first.update([groups("countdown:2", [1.0] * 4), groups("countdown:3", [0.0] * 4),
+                      groups("linear:3", [1.0, 0.0, 1.0, 0.0])])
+    assert first.pass_rate["countdown:2"] > 0.95 and first.pass_rate["countdown:3"] < 0.05
+    drawn = [f"{p.task}:{p.difficulty}" for p in first.take(400)]
+    assert drawn.count("linear:3") > 250 and 0 < drawn.count("countdown:2") < 60 and drawn.count("countdown:3") > 0
+    assert all(len(first.seen[level]) > 0 for level in levels)
+    uniform = Curriculum(levels, seed=1, adaptive=False)
+    uniform.pass_rate.update(first.pass_rate)
+    drawn = [f"{p.task}:{p.difficulty}" for p in uniform.take(300)]
+    assert all(70 < drawn.count(level) < 130 for level in levels)
+
+
+def test_grpo_config_checks_its_mix():
+    import pytest
+
+    from r1lab.rl.grpo import GRPOConfig
+    from r1lab.tasks import TaskError
+
+    assert GRPOConfig(init="x", tasks=["countdown", "linear"], difficulties=[2, 3]).mix == [
+        "countdown:2", "countdown:3", "linear:2", "linear:3"]
+    with pytest.raises(TaskError, match="unknown difficulty 8 for task 'linear'"):
+        GRPOConfig(init="x", mix=["countdown:2", "linear:8"])
+    with pytest.raises(TaskError, match="unknown task 'chess'"):
+        GRPOConfig(init="x", mix=["chess:1"])

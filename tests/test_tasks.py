@@ -1,6 +1,7 @@
 """The task library: reference traces verify, verifiers are strict but forgiving of form, splits are disjoint."""
 
 import json
+import random
 import re
 import threading
 from fractions import Fraction
@@ -338,3 +339,82 @@ def test_cli_help(argv, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: r1lab " + " ".join(argv) in out and len(out) > 200
+
+
+# ------------------------------------------------------------------ search traces, levels, spaces
+
+
+@pytest.mark.parametrize("level", ["countdown:1", "countdown:2", "countdown:3", "countdown:4", "linear:1",
+                                   "linear:2", "linear:3", "linear:4"])
+def test_search_traces_verify_explore_and_differ(level):
+    from r1lab.rl.rewards import self_checks
+    from r1lab.tasks import parse_level, traces
+
+    task, difficulty = parse_level(level)
+    batch = list(problems(task, difficulty, "train", 60, seed=3))
+    explored = 0
+    for problem in batch:
+        found = traces(problem, "search", n=4, seed=0)
+        assert found and len(set(found)) == len(found)  # distinct
+        assert found == traces(problem, "search", n=4, seed=0)  # deterministic
+        for trace in found:
+            assert score(problem, trace) == 1.0 and follows_format(trace), (problem.prompt, trace)
+            assert trace != solution(problem)
+            assert len(trace) < 1200  # bounded: fits the cold start's context
+        explored += any(self_checks(t) > 0 for t in found)
+        if task == "countdown":
+            assert all(t.split("</think>")[0].rstrip().splitlines()[-1].startswith("check ") for t in found)
+    assert explored == len(batch) if task == "countdown" else explored >= 0
+    # several distinct traces for most problems: different orders, dead ends, starting guesses
+    assert sum(len(traces(p, "search", n=4)) > 1 for p in batch) >= len(batch) // 2
+
+
+def test_countdown_search_backs_up_on_four_numbers():
+    from r1lab.tasks import search_solution
+
+    batch = list(problems("countdown", 4, "train", 40, seed=1))
+    texts = [search_solution(p, random.Random(i)) for i, p in enumerate(batch)]
+    assert any("\nback [" in t for t in texts) and any("too big" in t for t in texts)
+    # every line that makes a move writes the numbers left, so the trace is the same recursion at each size
+    assert all(re.search(r"=\d+ \[\d+( \d+)*\]", line) for t in texts for line in t.splitlines()[1:-3]
+               if not line.strip().startswith(("back", "check")))
+
+
+def test_search_traces_are_refused_where_a_level_has_none():
+    from r1lab.tasks import search_solution, traces
+
+    with pytest.raises(TaskError, match="linear difficulty 5 has no search traces; these do: countdown 1, 2"):
+        search_solution(generate("linear", 0, 5), random.Random(0))
+    with pytest.raises(TaskError, match="arithmetic difficulty 2 has no search traces"):
+        traces(generate("arithmetic", 0, 2), "search")
+    assert traces(generate("arithmetic", 0, 2), "both") == [solution(generate("arithmetic", 0, 2))]
+    with pytest.raises(TaskError, match="unknown trace style 'dfs'; choose one of: reference, search, both"):
+        traces(generate("countdown", 0, 2), "dfs")
+
+
+def test_levels_parse_with_errors_that_name_what_exists():
+    from r1lab.tasks import mix_problems, parse_level
+
+    assert parse_level("linear:3") == ("linear", 3)
+    with pytest.raises(TaskError, match="unknown task 'sudoku'; choose one of: arithmetic, countdown"):
+        parse_level("sudoku:1")
+    with pytest.raises(TaskError, match="expected FAMILY:DIFFICULTY such as countdown:2"):
+        parse_level("countdown")
+    with pytest.raises(TaskError, match="unknown difficulty 7 for task 'linear'; choose one of: 1, 2, 3, 4, 5"):
+        parse_level("linear:7")
+    mixed = mix_problems(["countdown:2", "linear:3"], "heldout", 9, seed=2)
+    assert [p.task for p in mixed] == ["countdown", "linear"] * 4 + ["countdown"]
+    assert all(split_of(p.task, FAMILIES[p.task].key(p)) == "heldout" for p in mixed)
+
+
+def test_space_estimates_count_small_spaces_and_grow_with_the_level():
+    from r1lab.tasks import estimate_space
+
+    family = FAMILIES["countdown"]
+    exact = set()
+    rng = random.Random(0)
+    for _ in range(50_000):  # two numbers up to 10: small enough to exhaust by drawing
+        exact.add(family.key(family.sample(rng, 1)))
+    assert estimate_space(family, 1) == len(exact)
+    sizes = [estimate_space(family, d, draws=5000) for d in (2, 3, 4)]
+    assert 10_000 < sizes[0] < sizes[1] < sizes[2]

@@ -17,8 +17,13 @@ def add_grpo(sub) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--mode", choices=["r1", "r1-zero"], default="r1",
                    help="r1: chat template (after SFT); r1-zero: plain 'problem + <think>' from a base model")
+    p.add_argument("--mix", nargs="+", metavar="LEVEL", default=[],
+                   help="levels to train on, FAMILY:DIFFICULTY, e.g. countdown:2 linear:3 (default: every "
+                        "--tasks x --difficulties pair)")
     p.add_argument("--tasks", nargs="+", default=d["tasks"].default_factory())
     p.add_argument("--difficulties", nargs="+", type=int, default=d["difficulties"].default_factory())
+    p.add_argument("--no-curriculum", action="store_true",
+                   help="draw levels uniformly instead of by pass rate p(1 - p)")
     for name in ("steps", "prompts_per_step", "group_size", "max_tokens", "updates_per_batch", "micro_batch",
                  "max_refill_rounds", "overlong_buffer", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name].default)
@@ -38,7 +43,7 @@ def grpo(args) -> int:
     fields = GRPOConfig.__dataclass_fields__
     values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
     values.update(scale_by_std=not args.no_std_scaling, dynamic_sampling=not args.no_dynamic_sampling,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, curriculum=not args.no_curriculum)
     final = train_grpo(GRPOConfig(**values))
     print(final)
     return 0

@@ -26,8 +26,8 @@ NAME = "countdown"
 # difficulty -> (how many numbers, largest number, operators, largest target)
 _SETTINGS = {
     1: (2, 10, "+-*", 100),
-    2: (3, 25, "+-*", 250),
-    3: (3, 50, "+-*/", 500),
+    2: (3, 10, "+-*/", 100),
+    3: (4, 10, "+-*/", 100),
     4: (4, 25, "+-*/", 500),
     5: (5, 25, "+-*/", 999),
 }
@@ -382,6 +382,7 @@ def search_solution(problem: Problem, rng: random.Random) -> str:
     ops = _SETTINGS[problem.difficulty][2] if problem.difficulty in _SETTINGS else "+-*/"
     searcher = _Searcher(target, ops, rng)
     nodes = tuple(_Node(n) for n in numbers)
+    searcher.lines.append(f"{_state(nodes)} -> {target}")  # the numbers and goal, next to the moves that use them
     if len(nodes) == 2:
         checks, found = searcher.leaf(nodes)
         searcher.lines.append(checks)
