@@ -12,7 +12,8 @@ report.json (a contract tools read):
 * `space`: per level, `{"train_problems_seen": int, "space_estimate": int}` (seen: distinct problems of the
   SFT, control, rejection-sampling and GRPO data; estimate: `tasks.estimate_space`).
 * `grpo_curve`, `zero_curve`: per GRPO step `step`, `reward`, `accuracy`, `response_length`, `self_check_rate`,
-  `frac_zero_std`; `rl_gain_pass@1`, `seconds`, `config`, `plots`.
+  `frac_zero_std`; `sft_entropy` (nats per token of the cold start's T = 1 rollouts, GRPO's first step);
+  `rl_gain_pass@1`, `seconds`, `config`, `plots`.
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ def write_report(root: Path, cfg, timings: dict) -> dict:
                                   "space_estimate": estimate_space(get_family(task), difficulty)}
     report["grpo_curve"] = _curve(root / "grpo" / "metrics.jsonl")
     report["zero_curve"] = _curve(root / "zero" / "metrics.jsonl")
+    # GRPO's first step scores the cold start's own T = 1 rollouts, before any update: its entropy per token
+    report["sft_entropy"] = report["grpo_curve"][0].get("entropy") if report["grpo_curve"] else None
     stats_file = root / "rs-stats.json"
     if stats_file.exists():
         report["rejection_sampling"] = json.loads(stats_file.read_text())
@@ -201,7 +204,8 @@ def markdown(root: Path, cfg, report: dict, timings: dict) -> str:
              f"on. Held-out problems, {cfg.eval_size} per level x {k} samples at temperature 0.6, top-p 0.95, up "
              f"to {cfg.max_tokens} new tokens.", "",
              f"Settings: pretrain {cfg.pretrain_steps} steps; cold start {cfg.sft_steps} SFT steps on "
-             f"{cfg.traces} traces ({cfg.traces_per_problem} per problem); GRPO {cfg.grpo_steps} steps of "
+             f"{cfg.traces} traces" + (f" ({cfg.traces_per_problem} search traces per problem)"
+                                      if cfg.traces != "reference" else "") + f"; GRPO {cfg.grpo_steps} steps of "
              f"{cfg.grpo_prompts} prompts x {cfg.grpo_group} (KL weight {cfg.grpo_beta:g}, curriculum "
              f"{'on' if cfg.curriculum else 'off'}); R1-Zero {cfg.zero_steps} steps; seed {cfg.seed}.", "",
              "## Held-out accuracy per level", "",
@@ -224,14 +228,17 @@ def markdown(root: Path, cfg, report: dict, timings: dict) -> str:
              "sft_low_temperature": f"control: SFT at temperature {cfg.control_temperature:g}"}
     side = {**{m: report[m] for m in ("rl_mix", "rs", "distill", "zero") if m in report}, **report["controls"]}
     for model, figures in side.items():
+        tokens = figures.get("mean_tokens")
         lines.append(f"| {names[model]} | {_fmt(figures, 'pass@1')} | {_fmt(figures, 'format_rate')} | "
-                     f"{_fmt(figures, 'mean_tokens')} |")
+                     f"{'-' if tokens is None else f'{tokens:.0f}'} |")
     lines.append("")
     if "distill_over_teacher_pass@1" in report:
         lines.append(f"The dense student keeps {100 * report['distill_over_teacher_pass@1']:.0f}% of the RL "
                      "teacher's pass@1.")
     for name, delta in report.get("rl_minus_control_pass@1", {}).items():
         lines.append(f"RL minus {names[name].removeprefix('control: ')}: {100 * delta:+.1f} points.")
+    if report.get("sft_entropy") is not None:
+        lines.append(f"The cold start's entropy on its own T = 1 rollouts: {report['sft_entropy']:.3f} nats per token.")
     lines += ["", "## The curves", ""]
     for label, key in (("R1 (GRPO from the cold start)", "grpo_curve"), ("R1-Zero (GRPO from the base)", "zero_curve")):
         curve = report.get(key)

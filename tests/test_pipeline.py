@@ -16,10 +16,10 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     for model in ("sft", "rl", "distill", "rs", "zero", "rl_mix"):
         assert {"pass@1", "pass@2"} <= set(report[model])
         assert 0 <= report[model]["pass@1"] <= report[model]["pass@2"] <= 1
-    mix = ["countdown:2", "countdown:3", "linear:3"]
+    mix = ["countdown:2", "linear:2", "linear:3"]
     assert 0 <= report["format_rate"] <= 1 and report["bench"] == "mix of " + ", ".join(mix)
     # the contract of report.json: per-level figures for sft and rl, the harder level among them
-    assert list(report["eval"]) == [*mix, "countdown:4"] and report["harder"] == "countdown:4"
+    assert list(report["eval"]) == [*mix, "countdown:3"] and report["harder"] == "countdown:3"
     for figures in report["eval"].values():
         assert {"n", "pass@1", "pass@2"} <= set(figures["sft"]) and {"n", "pass@1", "pass@2"} <= set(figures["rl"])
     assert report["sft"]["pass@1"] == pytest.approx(sum(report["eval"][m]["sft"]["pass@1"] for m in mix) / 3)
@@ -37,7 +37,7 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     assert report["config"]["grpo_beta"] == 0.04
     text = (root / "report.md").read_text()
     assert "cold start 3 SFT steps on search traces" in text and "GRPO 1 steps" in text and "KL weight 0.04" in text
-    assert "countdown:4 (untrained)" in text and "R1-Zero" in text
+    assert "countdown:3 (untrained)" in text and "R1-Zero" in text
     for plot in ("grpo.png", "expert_load.png", "accuracy.png"):
         assert (root / plot).stat().st_size > 1000
     rows = [json.loads(line) for line in (root / "grpo" / "metrics.jsonl").read_text().splitlines()]
@@ -68,3 +68,22 @@ def test_run_rejects_a_bad_kl_weight(bad, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["run", "--micro", "--grpo-beta", bad])
     assert exit_.value.code == 2 and "expected a KL weight >= 0" in capsys.readouterr().err
+
+
+def test_run_refuses_traces_longer_than_the_context_and_bad_levels(tmp_path, capsys):
+    from r1lab.pipeline import Pipeline, PipelineConfig
+    from r1lab.tasks import TaskError
+
+    cfg = PipelineConfig.micro(name="short", runs=str(tmp_path), sft_seq_len=48, stages=["tokenizer", "sft"])
+    with pytest.raises(ValueError, match=r"trace takes \d+ tokens with its prompt, more than the cold start's "
+                                         r"context sft_seq_len=48"):
+        Pipeline(cfg).run()
+    assert not (tmp_path / "short" / "sft-data.jsonl").exists()  # nothing half-written
+    with pytest.raises(TaskError, match="unknown difficulty 9 for task 'linear'; choose one of: 1, 2, 3, 4, 5"):
+        PipelineConfig(mix=["countdown:2", "linear:9"])
+    with pytest.raises(TaskError, match="harder='countdown:2' is in the training mix"):
+        PipelineConfig(harder="countdown:2")  # in the default mix
+    with pytest.raises(TaskError, match="no search traces for arithmetic:2"):
+        PipelineConfig(mix=["arithmetic:2"], traces="search")
+    assert main(["run", "--micro", "--mix", "sudoku:1", "--runs", str(tmp_path)]) != 0
+    assert "unknown task 'sudoku'; choose one of: arithmetic" in capsys.readouterr().err

@@ -352,7 +352,8 @@ class _Searcher:
         for text, after in moves:
             if len(after) == 2:
                 checks, found = self.leaf(after)
-                self.lines.append(f"{indent}{text} {_state(after)}: {checks}")
+                # the goal again beside the last two numbers: `yes` is then a comparison within one line
+                self.lines.append(f"{indent}{text} {_state(after)[:-1]} -> {self.target}]: {checks}")
                 if found is not None:
                     return found
                 continue
@@ -370,8 +371,9 @@ def search_solution(problem: Problem, rng: random.Random) -> str:
     >>> p = make([8, 3, 6], 30, "8 * 3 + 6")
     >>> print(search_solution(p, random.Random(5)))
     <think>
-    8+3=11 [11 6]: 11+6=17, 11-6=5, 11*6 too big no
-    8-3=5 [5 6]: 6+5=11, 6-5=1, 6*5=30 yes
+    [8 3 6] -> 30
+    8+3=11 [11 6 -> 30]: 11+6=17, 11-6=5, 11*6 too big no
+    8-3=5 [5 6 -> 30]: 6+5=11, 6-5=1, 6*5=30 yes
     check 6*(8-3): 8-3=5, 6*5=30 ok
     </think>
     Answer: 6*(8-3)
