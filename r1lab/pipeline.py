@@ -8,9 +8,10 @@ Every stage writes into `runs/<name>/<stage>/` and is skipped when its output al
 run continues where it stopped.
 
 The design, and why (docs/rl-experiments.md keeps the runs behind it):
-* A task space too big to memorise: a mix of levels (default Countdown with three numbers up to 25 and up to 50,
-  and linear equations), each holding at least ten times the problems the recipe draws; the report counts both.
-  Held-out problems are disjoint by key, and evaluation adds a harder level no stage trains on (four numbers).
+* A task space too big to memorise, as far as the tiny model's arithmetic allows: a mix of levels (default
+  Countdown with three numbers up to 10 and linear equations of two kinds); the report counts, per level, the
+  distinct problems the recipe drew and an estimate of the space (Countdown's learnable levels are small).
+  Held-out problems are disjoint by key, and evaluation adds a level no stage trains on (four numbers).
 * A cold start that can search: `--traces search` has SFT imitate several search traces per problem (tries,
   dead ends, backing up, a final check; Stream of Search, Gandhi et al. 2024) instead of one answer path. On the
   tiny preset and this budget they lost to the reference traces, which stay the default (the runs are in
