@@ -25,7 +25,7 @@ The design, and why (docs/rl-experiments.md keeps the runs behind it):
 
 Stages and the R1 paper's counterparts:
 * pretrain     - next-token + MTP on reference and search traces and plain problems of every family
-* sft          - cold start: chat-formatted search traces of the training mix
+* sft          - cold start: chat-formatted reference (or, with --traces, search) traces of the training mix
 * grpo         - reasoning RL with rule rewards (accuracy + format), curriculum, dynamic sampling, clip-higher
 * zero         - R1-Zero: GRPO from the pretrained base, no SFT
 * control      - same-compute continued SFT (not in the paper: the control that makes the RL gain mean something)
@@ -51,6 +51,7 @@ from pathlib import Path
 
 from .config import SHIPPED_MODELS_DIR as DEFAULT_SHIP
 from .data import read_jsonl
+from .tasks import TRACE_STYLES
 
 
 @dataclass
@@ -108,7 +109,7 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     def __post_init__(self) -> None:
-        from .tasks import TRACE_STYLES, TaskError, has_search, parse_level
+        from .tasks import TaskError, has_search, parse_level
 
         levels = [parse_level(level) for level in [*self.mix, self.harder]]  # TaskErrors name what exists
         if not self.mix:
@@ -134,9 +135,6 @@ class PipelineConfig:
 
 
 STAGES = ("tokenizer", "pretrain", "sft", "grpo", "zero", "control", "rs", "distill", "eval", "report")
-# name in the report -> the stage whose checkpoint it is
-MODELS = {"sft": "sft", "rl": "grpo", "rs": "rs", "distill": "distill", "zero": "zero",
-          "sft_same_compute": "control"}
 
 
 class Pipeline:
@@ -372,16 +370,18 @@ class Pipeline:
         mixed = Benchmark("mix", "task", tuple(item for i in range(share) for b in per_level if i < len(b.items)
                                                for item in [b.items[i]]), per_level[0].grade)
         results: dict = {"levels": {}, "mix": {}}
-        for label in ("sft", "rl"):
-            results["levels"][label] = self._evaluate(label, MODELS[label], [*per_level, harder], c.eval_k)
-        side = [("rs", "rs", 0.6, "r1"), ("distill", "distill", 0.6, "r1"), ("zero", "zero", 0.6, "r1-zero"),
-                ("sft_same_compute", "control", 0.6, "r1"), ("sft_low_temperature", "sft", c.control_temperature,
-                                                              "r1"), ("rl_mix", "grpo", 0.6, "r1")]
-        for label, stage, temperature, mode in side:
-            if (self.root / f".{stage}.done").exists():
-                budget = c.zero_max_tokens if stage == "zero" else c.max_tokens
-                results["mix"][label] = self._evaluate(label, stage, [mixed], c.side_k, temperature, mode,
-                                                       budget)["mix"]
+        for label, stage in (("sft", "sft"), ("rl", "grpo")):
+            results["levels"][label] = self._evaluate(label, stage, [*per_level, harder], c.eval_k)
+        # report name, stage whose checkpoint it is, sampling temperature
+        side = [("rs", "rs", 0.6), ("distill", "distill", 0.6), ("zero", "zero", 0.6),
+                ("sft_same_compute", "control", 0.6), ("sft_low_temperature", "sft", c.control_temperature),
+                ("rl_mix", "grpo", 0.6)]
+        for label, stage, temperature in side:
+            if self._done(stage):
+                zero = stage == "zero"  # R1-Zero is prompted and budgeted as it was trained
+                results["mix"][label] = self._evaluate(label, stage, [mixed], c.side_k, temperature,
+                                                       "r1-zero" if zero else "r1",
+                                                       c.zero_max_tokens if zero else c.max_tokens)["mix"]
         (self.path("eval") / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
         return results
 
@@ -437,7 +437,7 @@ def add_run(sub) -> None:
                    help="levels to train on, FAMILY:DIFFICULTY (default countdown:2 linear:2 linear:3; "
                         "`r1lab tasks list` says what each means)")
     p.add_argument("--harder", metavar="LEVEL", help="a level evaluated but never trained on (default countdown:3)")
-    p.add_argument("--traces", choices=("reference", "search", "both"),
+    p.add_argument("--traces", choices=TRACE_STYLES,
                    help="what the cold start imitates: the reference traces (default), search traces (tries, dead "
                         "ends, a final check), or both")
     p.add_argument("--sft-steps", type=_steps, help="cold-start SFT steps (default 400)")

@@ -46,14 +46,13 @@ def _mean_over(levels: dict[str, dict], names: list[str], keys: tuple[str, ...])
 
 def problems_seen(root: Path, cfg) -> dict[str, set[str]]:
     """Distinct training problems per level over every stage that trains on them."""
-    from .tasks import Problem, get_family, mix_problems
+    from .tasks import Problem, get_family, level_of, mix_problems
 
     seen: dict[str, set[str]] = {level: set() for level in cfg.mix}
 
     def add(problem: Problem) -> None:
-        level = f"{problem.task}:{problem.difficulty}"
-        if level in seen:
-            seen[level].add(get_family(problem.task).key(problem))
+        if level_of(problem) in seen:
+            seen[level_of(problem)].add(get_family(problem.task).key(problem))
 
     for name in ("sft-data.jsonl", "control-data.jsonl"):
         for row in _rows(root / name):

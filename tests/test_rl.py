@@ -133,6 +133,7 @@ def test_token_logprobs_from_a_later_position_are_the_full_ones_sliced():
 def test_curriculum_leans_to_the_edge_of_competence_and_counts_what_it_drew():
     from r1lab.rl.grpo import Curriculum
     from r1lab.rl.rollout import Group
+    from r1lab.tasks import level_of
 
     levels = ["countdown:2", "countdown:3", "linear:3"]
     first, again = Curriculum(levels, seed=1), Curriculum(levels, seed=1)
@@ -148,12 +149,12 @@ def test_curriculum_leans_to_the_edge_of_competence_and_counts_what_it_drew():
         first.update([groups("countdown:2", [1.0] * 4), groups("countdown:3", [0.0] * 4),
                       groups("linear:3", [1.0, 0.0, 1.0, 0.0])])
     assert first.pass_rate["countdown:2"] > 0.95 and first.pass_rate["countdown:3"] < 0.05
-    drawn = [f"{p.task}:{p.difficulty}" for p in first.take(400)]
+    drawn = [level_of(p) for p in first.take(400)]
     assert drawn.count("linear:3") > 250 and 0 < drawn.count("countdown:2") < 60 and drawn.count("countdown:3") > 0
     assert all(len(first.seen[level]) > 0 for level in levels)
     uniform = Curriculum(levels, seed=1, adaptive=False)
     uniform.pass_rate.update(first.pass_rate)
-    drawn = [f"{p.task}:{p.difficulty}" for p in uniform.take(300)]
+    drawn = [level_of(p) for p in uniform.take(300)]
     assert all(70 < drawn.count(level) < 130 for level in levels)
 
 

@@ -33,7 +33,7 @@ import torch
 from ..checkpoint import load_model
 from ..engine import EngineConfig, LLMEngine, tokenizer_from_dir
 from ..model import update_balance_bias
-from ..tasks import get_family, parse_level
+from ..tasks import get_family, level_of, parse_level
 from .loss import AGGREGATIONS, group_advantages, grpo_loss
 from .rewards import self_checks
 from .rollout import Group, completion_batch, rollout, token_logprobs
@@ -150,10 +150,6 @@ class Curriculum:
             if level in self.pass_rate:
                 mean = sum(accuracies) / len(accuracies)
                 self.pass_rate[level] = self.smoothing * self.pass_rate[level] + (1 - self.smoothing) * mean
-
-
-def level_of(problem) -> str:
-    return f"{problem.task}:{problem.difficulty}"
 
 
 def _metrics_of(groups: list[Group], kept: list[Group]) -> dict[str, float]:

@@ -76,17 +76,25 @@ def solution(problem: Problem) -> str:
     return get_family(problem.task).solution(problem)
 
 
+def level_of(problem: Problem) -> str:
+    """The level a problem belongs to, named as `parse_level` reads it.
+
+    >>> level_of(generate("linear", seed=0, difficulty=3))
+    'linear:3'
+    """
+    return f"{problem.task}:{problem.difficulty}"
+
+
 TRACE_STYLES = ("reference", "search", "both")
 
 
 def search_solution(problem: Problem, rng: random.Random) -> str:
     """One search trace of a problem, drawn with `rng`; a TaskError where its family or level has none."""
-    family = get_family(problem.task)
-    if family.search is None or problem.difficulty not in family.search_levels:
+    if not has_search(problem.task, problem.difficulty):
         have = [f"{f.name} {', '.join(map(str, f.search_levels))}" for f in FAMILIES.values() if f.search]
         raise TaskError(f"{problem.task} difficulty {problem.difficulty} has no search traces; these do: "
                         + "; ".join(have))
-    return family.search(problem, rng)
+    return get_family(problem.task).search(problem, rng)
 
 
 def has_search(task: str, difficulty: int) -> bool:
@@ -180,7 +188,7 @@ def to_row(problem: Problem, split: str, trace: str | None = None) -> dict:
 
 __all__ = [
     "ANSWER_PREFIX", "END_THINK", "FAMILIES", "SPLITS", "THINK", "TRACE_STYLES", "Family", "Problem", "TaskError",
-    "estimate_space", "final_answer", "follows_format", "generate", "get_family", "has_search", "mix_problems",
-    "parse_level",
+    "estimate_space", "final_answer", "follows_format", "generate", "get_family", "has_search", "level_of",
+    "mix_problems", "parse_level",
     "parse_number", "problems", "score", "search_solution", "solution", "split_of", "to_row", "traces",
 ]

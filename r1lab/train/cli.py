@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from ..config import PRESETS, ConfigError
+from ..tasks import TRACE_STYLES
 from .config import TrainConfig, read_settings
 
 _EXAMPLES = """examples:
@@ -71,7 +72,7 @@ def _flags(p: argparse.ArgumentParser) -> None:
                    help="difficulty levels of the generated corpus (default: all)")
     g.add_argument("--per-level", type=int, metavar="N", default=S,
                    help="generated problems per family and difficulty (default 100)")
-    g.add_argument("--traces", choices=("reference", "search", "both"), default=S,
+    g.add_argument("--traces", choices=TRACE_STYLES, default=S,
                    help="generated corpus: learn each problem from its reference trace (default), search traces "
                         "(tries, dead ends, a final check; countdown and linear) or both")
     g.add_argument("--traces-per-problem", type=int, metavar="N", default=S,
