@@ -388,8 +388,51 @@ def test_search_traces_are_refused_where_a_level_has_none():
     with pytest.raises(TaskError, match="arithmetic difficulty 2 has no search traces"):
         traces(generate("arithmetic", 0, 2), "search")
     assert traces(generate("arithmetic", 0, 2), "both") == [solution(generate("arithmetic", 0, 2))]
-    with pytest.raises(TaskError, match="unknown trace style 'dfs'; choose one of: reference, search, both"):
+    with pytest.raises(TaskError, match="unknown trace style 'dfs'; choose one of: reference, search, guess, both"):
         traces(generate("countdown", 0, 2), "dfs")
+
+
+@pytest.mark.parametrize("level", ["countdown:1", "countdown:2", "countdown:3", "countdown:4"])
+def test_countdown_guess_traces_compute_every_attempt_and_compare_it_with_the_target(level):
+    from fractions import Fraction
+
+    from r1lab.tasks import parse_level, traces
+
+    task, difficulty = parse_level(level)
+    batch = list(problems(task, difficulty, "train", 60, seed=5))
+    missed = 0
+    for problem in batch:
+        found = traces(problem, "guess", n=3, seed=0)
+        assert found and len(set(found)) == len(found) and found == traces(problem, "guess", n=3, seed=0)
+        target, numbers = problem.metadata["target"], problem.metadata["numbers"]
+        for trace in found:
+            assert score(problem, trace) == 1.0 and follows_format(trace), (problem.prompt, trace)
+            attempts = trace.split("</think>")[0].split("\n")[1:-1]
+            assert 1 <= len(attempts) <= 4 and len(set(attempts)) == len(attempts)
+            for i, attempt in enumerate(attempts):
+                steps, verdict = attempt.rsplit(" vs ", 1)
+                assert verdict == f"{target} {'yes' if i == len(attempts) - 1 else 'no'}", attempt
+                pool = list(numbers)
+                for step in steps.split(", "):  # every step is true arithmetic on numbers still in play
+                    a, op, b, value = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", step).groups()
+                    exact = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b),
+                             "/": Fraction(int(a), int(b))}[op]
+                    assert exact == int(value), step
+                    pool.remove(int(a))
+                    pool.remove(int(b))
+                    pool.append(int(value))
+                assert pool == [int(value)] and (int(value) == target) == (i == len(attempts) - 1)
+            missed += len(attempts) > 1
+    assert missed >= len(batch) // 3  # most traces show a miss or more before the hit
+
+
+def test_guess_traces_fall_back_to_search_then_reference():
+    from r1lab.tasks import search_solution, traces
+
+    linear = generate("linear", 0, 2)
+    assert traces(linear, "guess", n=2) == traces(linear, "search", n=2)  # linear's search already guesses x
+    arithmetic = generate("arithmetic", 0, 2)
+    assert traces(arithmetic, "guess", n=3) == [solution(arithmetic)]
 
 
 def test_levels_parse_with_errors_that_name_what_exists():

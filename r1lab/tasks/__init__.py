@@ -85,7 +85,7 @@ def level_of(problem: Problem) -> str:
     return f"{problem.task}:{problem.difficulty}"
 
 
-TRACE_STYLES = ("reference", "search", "both")
+TRACE_STYLES = ("reference", "search", "guess", "both")
 
 
 def search_solution(problem: Problem, rng: random.Random) -> str:
@@ -102,24 +102,40 @@ def has_search(task: str, difficulty: int) -> bool:
     return family.search is not None and difficulty in family.search_levels
 
 
+def _guesser(problem: Problem):
+    """The guess-and-check trace drawer for a problem: its family's own, else its search traces (linear's already
+    guess x and check), else None."""
+    family = get_family(problem.task)
+    if family.guess is not None:
+        return family.guess
+    return family.search if has_search(problem.task, problem.difficulty) else None
+
+
 def traces(problem: Problem, style: str = "reference", n: int = 1, seed: int = 0) -> list[str]:
     """The traces to learn a problem from, deterministic by seed.
 
     reference: the reference trace. search: up to `n` distinct search traces (small problems have fewer).
+    guess: up to `n` distinct guess-and-check traces (Countdown's whole attempts compared with the target; the
+    search traces where a family has no guess style; the reference where it has neither).
     both: the reference trace and up to `n` search traces, or the reference alone where there is no search.
 
     >>> p = generate("countdown", seed=3, difficulty=2)
     >>> [len(traces(p, s, n=4)) for s in TRACE_STYLES], all(score(p, t) == 1.0 for t in traces(p, "both", n=4))
-    ([1, 4, 5], True)
+    ([1, 4, 4, 5], True)
     """
     if style not in TRACE_STYLES:
         raise TaskError(f"unknown trace style {style!r}; choose one of: {', '.join(TRACE_STYLES)}")
-    out = [solution(problem)] if style != "search" else []
+    draw = _guesser(problem) if style == "guess" else None
+    if style == "guess" and draw is None:
+        return [solution(problem)]
+    out = [solution(problem)] if style in ("reference", "both") else []
     if style == "search" or (style == "both" and has_search(problem.task, problem.difficulty)):
+        draw = search_solution
+    if draw is not None:
         key = get_family(problem.task).key(problem)
         found: list[str] = []
         for attempt in range(4 * n):  # distinct draws; a problem with few solutions and dead ends has few
-            trace = search_solution(problem, random.Random(f"{problem.task}/{key}/{seed}/{attempt}"))
+            trace = draw(problem, random.Random(f"{problem.task}/{key}/{seed}/{attempt}"))
             if trace not in found:
                 found.append(trace)
             if len(found) == n:

@@ -68,7 +68,8 @@ class Family:
     canonical text that decides its split; `solution(problem)` is the reference trace; `score(problem,
     completion)` is the verifier, 1.0 for a verified final answer and 0.0 otherwise. `search(problem, rng)`,
     where a family has one, draws one of many search traces (tries, dead ends, a final check) for the levels in
-    `search_levels`.
+    `search_levels`. `guess(problem, rng)`, where a family has one, draws a shorter guess-and-check trace (whole
+    attempts, each compared with the goal) at every level.
     """
 
     name: str
@@ -80,6 +81,7 @@ class Family:
     score: Callable[[Problem, str], float]
     search: Callable[[Problem, random.Random], str] | None = None
     search_levels: tuple[int, ...] = ()
+    guess: Callable[[Problem, random.Random], str] | None = None
 
     def check(self, difficulty: int, split: str = "train") -> None:
         if difficulty not in self.levels:

@@ -399,8 +399,65 @@ def search_solution(problem: Problem, rng: random.Random) -> str:
     return format_solution(searcher.lines, answer)
 
 
+
+
+
+# ---------------------------------------------------------------------- guess-and-check traces
+# A shorter way to search, sized for a model of a few million parameters: each line is one whole attempt (every
+# number combined, step by step), compared with the target; a miss says `no` and the next attempt follows. The
+# lookahead a reference trace hides (which first move leads to the target?) becomes trial and error written out,
+# and RL has something to improve: the order of the guesses, honest comparisons, and trying again.
+
+MAX_FAILED_GUESSES = 3
+
+
+def _playout(rng: random.Random, nodes: list[_Node], ops: str) -> tuple[_Node, list[str]]:
+    """Combine random pairs with random legal operations until one number is left: its tree and the step lines."""
+    pool, steps = list(nodes), []
+    while len(pool) > 1:
+        left, right = (pool.pop(rng.randrange(len(pool))) for _ in range(2))
+        node = _combine(rng, left, right, ops)
+        steps.append(f"{node.left.value}{node.op}{node.right.value}={node.value}")
+        pool.append(node)
+    return pool[0], steps
+
+
+def guess_solution(problem: Problem, rng: random.Random) -> str:
+    """One guess-and-check trace: up to `MAX_FAILED_GUESSES` distinct missed attempts, then a hit, then the answer.
+
+    >>> p = make([8, 3, 6], 30, "8 * 3 + 6")
+    >>> print(guess_solution(p, random.Random(5)))
+    <think>
+    3*6=18, 18+8=26 vs 30 no
+    6/3=2, 2+8=10 vs 30 no
+    3*8=24, 6+24=30 vs 30 yes
+    </think>
+    Answer: 6+3*8
+    >>> all(score(p, guess_solution(p, random.Random(s))) == 1.0 for s in range(50))
+    True
+    """
+    numbers, target = problem.metadata["numbers"], problem.metadata["target"]
+    ops = _SETTINGS[problem.difficulty][2] if problem.difficulty in _SETTINGS else "+-*/"
+    nodes = [_Node(n) for n in numbers]
+    hits, misses = {}, {}
+    for _ in range(64 * len(numbers)):
+        tree, steps = _playout(rng, nodes, ops)
+        line = ", ".join(steps)
+        (hits if tree.value == target else misses).setdefault(line, tree)
+    if hits:
+        line, tree = rng.choice(list(hits.items()))
+    else:  # a rare solution the random play-outs missed: the generator's own
+        steps: list[str] = []
+        parse_expression(problem.answer, steps=steps)
+        line, tree = ", ".join(s.replace(" ", "") for s in steps), None
+    failed = rng.sample(list(misses), min(len(misses), rng.randint(0, MAX_FAILED_GUESSES)))
+    lines = [f"{m} vs {target} no" for m in failed] + [f"{line} vs {target} yes"]
+    answer = tree.text().replace(" ", "") if tree is not None else problem.answer.replace(" ", "")
+    return format_solution(lines, answer)
+
+
 FAMILY = Family(NAME, "reach the target with the given numbers, each used once", LEVELS, sample, key, solution,
-                score, search=search_solution, search_levels=tuple(LEVELS))
+                score, search=search_solution, search_levels=tuple(LEVELS), guess=guess_solution)
 
 
 def generate(seed: int, difficulty: int, split: str = "train") -> Problem:
