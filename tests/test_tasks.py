@@ -427,7 +427,7 @@ def test_countdown_guess_traces_compute_every_attempt_and_compare_it_with_the_ta
 
 
 def test_guess_traces_fall_back_to_search_then_reference():
-    from r1lab.tasks import search_solution, traces
+    from r1lab.tasks import traces
 
     linear = generate("linear", 0, 2)
     assert traces(linear, "guess", n=2) == traces(linear, "search", n=2)  # linear's search already guesses x
