@@ -131,6 +131,25 @@ def test_cursor_resumes_the_same_order_and_crosses_epochs():
     assert sorted(first[:10]) == list(range(10)) and straight.epoch == 1
 
 
+def test_cursor_grouped_by_length_pads_less_and_still_visits_every_example_once_an_epoch():
+    import random as stdlib_random
+
+    lengths = [stdlib_random.Random(i).randint(20, 140) for i in range(1000)]
+    grouped, plain = DataCursor(1000, seed=1, lengths=lengths, batch=32), DataCursor(1000, seed=1)
+
+    def padding(cursor):
+        batches = [cursor.take(32) for _ in range(31)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches), batches
+
+    (waste, batches), (waste_plain, _) = padding(grouped), padding(plain)
+    assert waste < waste_plain / 2
+    seen = [i for b in batches for i in b] + grouped.take(1000 - 31 * 32)
+    assert sorted(seen) == list(range(1000)) and grouped.epoch == 1
+    again = DataCursor(1000, seed=1, lengths=lengths, batch=32, epoch=0, offset=320)
+    assert again.take(64) == [i for b in batches[10:12] for i in b]  # a resumed run sees the same batches
+    assert DataCursor(1000, seed=2, lengths=lengths, batch=32).take(32) != batches[0]
+
+
 def test_loss_terms_agree_with_the_model():
     torch.manual_seed(0)
     model = DeepseekV3ForCausalLM(micro_config())

@@ -34,6 +34,8 @@ def add_grpo(sub) -> None:
                    help="token (DAPO), sequence (GRPO as published) or dr_grpo (constant normaliser)")
     p.add_argument("--no-std-scaling", action="store_true", help="Dr. GRPO advantages: r - mean, no std division")
     p.add_argument("--no-dynamic-sampling", action="store_true", help="keep groups whose rewards are all equal")
+    p.add_argument("--mask-truncated", action="store_true",
+                   help="DAPO's overlong filtering: completions cut at --max-tokens add nothing to the loss")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -43,7 +45,8 @@ def grpo(args) -> int:
     fields = GRPOConfig.__dataclass_fields__
     values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
     values.update(scale_by_std=not args.no_std_scaling, dynamic_sampling=not args.no_dynamic_sampling,
-                  progress=not args.no_progress, curriculum=not args.no_curriculum)
+                  progress=not args.no_progress, curriculum=not args.no_curriculum,
+                  mask_truncated=args.mask_truncated)
     final = train_grpo(GRPOConfig(**values))
     print(final)
     return 0

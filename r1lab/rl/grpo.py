@@ -70,6 +70,10 @@ class GRPOConfig:
     max_refill_rounds: int = 2
     format_weight: float = 0.1
     overlong_buffer: int = 0
+    # DAPO's overlong filtering: completions cut at max_tokens keep their reward in the group baseline but
+    # add nothing to the loss. Without it a search that is still trying when the budget ends counts as a
+    # failure, and RL learns to stop trying (shorter answers, false 'yes'; docs/rl-experiments.md)
+    mask_truncated: bool = False
     bias_gamma: float = 0.0  # aux-loss-free routing-bias step during RL (0: routing biases frozen)
     seed: int = 0
     progress: bool = True
@@ -164,6 +168,7 @@ def _metrics_of(groups: list[Group], kept: list[Group]) -> dict[str, float]:
         "completion_len": sum(lengths) / len(lengths),
         "self_check_rate": sum(self_checks(t) > 0 for t in texts) / len(texts),
         "frac_zero_std": sum(not g.has_signal for g in groups) / len(groups),
+        "truncated_rate": sum(t for g in groups for t in g.truncated) / max(len(lengths), 1),
         "groups_used": len(kept),
     }
     for level in sorted({level_of(g.problem) for g in groups}):
@@ -218,6 +223,8 @@ class GRPOTrainer:
         ids, mask = completion_batch(groups, self.pad_id)
         first = int(mask.sum(0).nonzero()[0])  # the first target any completion holds: score from there on
         mask = mask[:, first:]
+        if cfg.mask_truncated:
+            mask[torch.tensor([t for g in groups for t in g.truncated], dtype=torch.bool)] = 0
         n = ids.shape[0]
         chunks = [slice(i, min(i + cfg.micro_batch, n)) for i in range(0, n, cfg.micro_batch)]
         total_tokens = mask.sum().clamp(min=1)

@@ -40,6 +40,7 @@ class Group:
     completions: list[list[int]]  # token ids, including the end-of-sequence token when the model stopped
     texts: list[str]
     rewards: list[dict[str, float]] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)  # cut at the token budget before the model stopped
 
     @property
     def reward_tensor(self) -> torch.Tensor:
@@ -62,7 +63,7 @@ def rollout(engine: LLMEngine, problems: list[Problem], group_size: int, tempera
     groups = []
     for problem, out in zip(problems, outputs, strict=True):
         group = Group(problem, list(out.prompt_token_ids), [c.token_ids for c in out.outputs],
-                      [c.text for c in out.outputs])
+                      [c.text for c in out.outputs], truncated=[c.finish_reason == "length" for c in out.outputs])
         group.rewards = [total_reward(problem, text, len(ids), max_tokens, format_weight, overlong_buffer)
                          for text, ids in zip(group.texts, group.completions, strict=True)]
         groups.append(group)

@@ -111,9 +111,11 @@ def solution(problem: Problem) -> str:
 
 
 def score(problem: Problem, completion: str) -> float:
-    """1.0 when the final answer is an expression that uses each given number once and equals the target.
+    """1.0 when the final answer uses each given number once and reaches the target.
 
-    Accepted: the bare expression, `expression = target`, `target = expression`, x or \\times for *, \\div for /.
+    Accepted: the bare expression, `expression = target`, `target = expression`, x or \\times for *, \\div for /;
+    or the moves themselves, as the game is played: `7*3=21, 21+5=26, 26-2=24`, each move true arithmetic on two
+    numbers still in play whose result, a positive whole number, joins them, until the target alone is left.
 
     >>> p = make([7, 3, 5, 2], 24, "7 * 3 + 5 - 2")
     >>> [score(p, c) for c in ("Answer: (5 - 2) + 7 * 3", "</think>\\n7×3+5−2 = 24.", "24 = 3 * 7 + 5 - 2",
@@ -122,6 +124,10 @@ def score(problem: Problem, completion: str) -> float:
     >>> [score(p, c) for c in ("7 * 3 + 5", "7 * 3 + 5 - 2 + 0", "7 * 3 + 5 - 2 = 25", "7 * 3 + 2 - 5",
     ...                        "-2 + 5 + 7 * 3", "24", "<think>\\n7 * 3 = 21", "7 * 3 + (5 - 2", "7 * 3 / 0 + 5 - 2")]
     [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    >>> [score(p, c) for c in ("Answer: 7*3=21, 21+5=26, 26-2=24", "Answer: 5-2=3, 7*3=21, 21+3=24",
+    ...                        "Answer: 7*3=21, 21+5=26, 26-2=25", "Answer: 7*3=22, 22+5=27, 27-3=24",
+    ...                        "Answer: 7*3=21, 21+3=24", "Answer: 7*3=21, 21+5=26, 26-2=24, 24*1=24")]
+    [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     """
     candidate = final_answer(completion)
     if candidate is None:
@@ -129,10 +135,10 @@ def score(problem: Problem, completion: str) -> float:
     for old, new in _SYMBOLS.items():
         candidate = candidate.replace(old, new)
     candidate = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", candidate)
-    sides = [s.strip() for s in candidate.split("=")]
-    if len(sides) > 2:
-        return 0.0
     target, numbers = problem.metadata["target"], sorted(problem.metadata["numbers"])
+    if candidate.count("=") > 1:
+        return 1.0 if _moves_reach(candidate, numbers, target) else 0.0
+    sides = [s.strip() for s in candidate.split("=")]
     for expression, stated in ((sides[0], sides[1:]), (sides[-1], sides[:-1])):
         if stated and stated[0] != str(target):
             continue
@@ -143,6 +149,27 @@ def score(problem: Problem, completion: str) -> float:
         if value == target and sorted(used) == numbers:
             return 1.0
     return 0.0
+
+
+_MOVE = re.compile(r"\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*")
+
+
+def _moves_reach(text: str, numbers: list[int], target: int) -> bool:
+    """Whether `a op b=c, c op d=e, ...` are true moves of the game from `numbers` that leave only `target`."""
+    pool = list(numbers)
+    for move in re.split(r"[,;]", text.rstrip(". ")):
+        m = _MOVE.fullmatch(move)
+        if m is None:
+            return False
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        if (op == "/" and b == 0) or _OPERATIONS[op](Fraction(a), b) != c or c < 1:
+            return False
+        for n in (a, b):
+            if n not in pool:
+                return False
+            pool.remove(n)
+        pool.append(c)
+    return pool == [target]
 
 
 def parse_expression(text: str, *, unary_minus: bool = False, steps: list[str] | None = None
@@ -432,7 +459,7 @@ def guess_solution(problem: Problem, rng: random.Random) -> str:
     6/3=2, 2+8=10 vs 30 no
     3*8=24, 6+24=30 vs 30 yes
     </think>
-    Answer: 6+3*8
+    Answer: 3*8=24, 6+24=30
     >>> all(score(p, guess_solution(p, random.Random(s))) == 1.0 for s in range(50))
     True
     """
@@ -445,15 +472,17 @@ def guess_solution(problem: Problem, rng: random.Random) -> str:
         line = ", ".join(steps)
         (hits if tree.value == target else misses).setdefault(line, tree)
     if hits:
-        line, tree = rng.choice(list(hits.items()))
+        line = rng.choice(list(hits))
     else:  # a rare solution the random play-outs missed: the generator's own
         steps: list[str] = []
         parse_expression(problem.answer, steps=steps)
-        line, tree = ", ".join(s.replace(" ", "") for s in steps), None
+        line = ", ".join(s.replace(" ", "") for s in steps)
     failed = rng.sample(list(misses), min(len(misses), rng.randint(0, MAX_FAILED_GUESSES)))
     lines = [f"{m} vs {target} no" for m in failed] + [f"{line} vs {target} yes"]
-    answer = tree.text().replace(" ", "") if tree is not None else problem.answer.replace(" ", "")
-    return format_solution(lines, answer)
+    # The answer is the hit's moves, which the verifier checks one by one: a copy of the line that hit, with no
+    # expression to assemble (a step the tiny model failed in a sixth of its samples), and no credit for a
+    # made-up move
+    return format_solution(lines, line)
 
 
 FAMILY = Family(NAME, "reach the target with the given numbers, each used once", LEVELS, sample, key, solution,

@@ -235,19 +235,44 @@ def sft_examples(pairs: list[tuple[str, str]], tokenizer, seq_len: int) -> Examp
 
 
 class DataCursor:
-    """Where the run is in its data: epoch and offset into that epoch's seeded permutation."""
+    """Where the run is in its data: epoch and offset into that epoch's seeded permutation.
 
-    def __init__(self, num_examples: int, seed: int, epoch: int = 0, offset: int = 0):
+    With `lengths` and `batch`, each epoch's permutation is grouped by length, as transformers' group_by_length
+    does: windows of 16 batches are sorted by example length, cut into batches, and the batches shuffled. A
+    batch is padded to its longest example, so chat examples of mixed lengths (guess-and-check traces run from
+    30 to 130 tokens) would otherwise spend about a third of every step on padding. The order is still a pure
+    function of (seed, epoch), so resuming stays exact.
+    """
+
+    GROUP_WINDOW = 16  # batches per window sorted by length
+
+    def __init__(self, num_examples: int, seed: int, epoch: int = 0, offset: int = 0,
+                 lengths: Sequence[int] | None = None, batch: int = 0):
         if num_examples < 1:
             raise ValueError("no training examples")
+        if lengths is not None and len(lengths) != num_examples:
+            raise ValueError(f"lengths has {len(lengths)} entries for {num_examples} examples")
         self.num_examples, self.seed, self.epoch, self.offset = num_examples, seed, epoch, offset
+        self.lengths, self.batch = (torch.as_tensor(lengths), batch) if lengths is not None and batch > 1 else (None, 0)
         self._order: tuple[int, torch.Tensor] | None = None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._order is None or self._order[0] != epoch:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
-            self._order = (epoch, torch.randperm(self.num_examples, generator=gen))
+            order = torch.randperm(self.num_examples, generator=gen)
+            if self.lengths is not None:
+                order = self._grouped(order, gen)
+            self._order = (epoch, order)
         return self._order[1]
+
+    def _grouped(self, order: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        window = self.batch * self.GROUP_WINDOW
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            chunk = chunk[self.lengths[chunk].argsort(stable=True)]
+            batches += list(chunk.split(self.batch))
+        return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()])
 
     def take(self, n: int) -> list[int]:
         """The next n example indices (crossing into the next epoch's permutation when one runs out)."""

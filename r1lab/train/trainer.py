@@ -122,7 +122,10 @@ class Trainer:
             self.step_count, self.tokens_seen = self.saved["step"], self.saved["tokens_seen"]
             epoch, offset = self.saved["data"]["epoch"], self.saved["data"]["offset"]
             self.decay_steps = cfg.decay_steps or self.saved["decay_steps"]
-        self.cursor = DataCursor(len(self.examples), cfg.seed, epoch, offset)
+        # chat examples differ in length: batch them by length (packed pretraining blocks are all seq_len long)
+        lengths = [t.numel() for t in self.examples.ids] if cfg.kind == "sft" else None
+        self.cursor = DataCursor(len(self.examples), cfg.seed, epoch, offset, lengths,
+                                 cfg.global_batch(self.dist.world_size))
         self.mtp_depths = len(self.model.mtp) if cfg.mtp_weight > 0 else 0
         self.moe = [(str(i), layer.mlp) for i, layer in enumerate(self.model.model.layers)
                     if isinstance(layer.mlp, MoE)]
