@@ -72,3 +72,24 @@ def test_short_grpo_run_raises_the_reward(tmp_path):
     assert after >= before + 0.15, (before, after)
     final = trainer.save()
     assert (final / "tokenizer.json").exists() and (final / "model.safetensors").exists()
+
+
+def test_overlong_filtering_keeps_cut_completions_out_of_the_update(tmp_path):
+    """DAPO's overlong filtering: completions cut at the budget weigh in the group baseline, not in the loss."""
+    from r1lab.rl.grpo import GRPOConfig, GRPOTrainer
+
+    init = _sft_micro_model(tmp_path / "sft", steps=60)
+    settings = dict(init=str(init), tasks=["arithmetic"], difficulties=[1], steps=1, prompts_per_step=4,
+                    group_size=8, lr=1e-3, max_tokens=40, progress=False, max_refill_rounds=3)
+    trainer = GRPOTrainer(GRPOConfig(out=str(tmp_path / "masked"), mask_truncated=True, **settings))
+    _, kept = trainer.collect(1)
+    assert kept, "no group with a reward difference to learn from"
+    for group in kept:
+        group.truncated = [True] * len(group.completions)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.update(kept)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    for group in kept:  # the same batch with one completion per group left whole does move the policy
+        group.truncated[0] = False
+    trainer.update(kept)
+    assert not all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))

@@ -28,7 +28,7 @@ def add_grpo(sub) -> None:
                  "max_refill_rounds", "overlong_buffer", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name].default)
     for name in ("temperature", "top_p", "lr", "eps_low", "eps_high", "beta", "format_weight", "bias_gamma",
-                 "grad_clip", "weight_decay"):
+                 "grad_clip", "weight_decay", "negative_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=d[name].default)
     p.add_argument("--aggregation", choices=["token", "sequence", "dr_grpo"], default="token",
                    help="token (DAPO), sequence (GRPO as published) or dr_grpo (constant normaliser)")

@@ -74,6 +74,9 @@ class GRPOConfig:
     # add nothing to the loss. Without it a search that is still trying when the budget ends counts as a
     # failure, and RL learns to stop trying (shorter answers, false 'yes'; docs/rl-experiments.md)
     mask_truncated: bool = False
+    # Weight of below-average completions' advantages (1: GRPO; 0: learn from the group's successes only, as
+    # filtered behaviour cloning (RAFT, ReST) does, so an honest miss in a failed search is not pushed down)
+    negative_weight: float = 1.0
     bias_gamma: float = 0.0  # aux-loss-free routing-bias step during RL (0: routing biases frozen)
     seed: int = 0
     progress: bool = True
@@ -94,6 +97,7 @@ class GRPOConfig:
             ("micro_batch", self.micro_batch >= 1, "must be >= 1"),
             ("aggregation", self.aggregation in AGGREGATIONS, f"must be one of {AGGREGATIONS}"),
             ("max_refill_rounds", self.max_refill_rounds >= 0, "must be >= 0"),
+            ("negative_weight", 0 <= self.negative_weight <= 1, "must be in [0, 1]"),
         ]
         for name, ok, message in checks:
             if not ok:
@@ -178,6 +182,20 @@ def _metrics_of(groups: list[Group], kept: list[Group]) -> dict[str, float]:
     return row
 
 
+def shaped_advantages(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+    """One advantage per completion, flattened from rewards shaped [groups, G]: group-normalised, with the
+    below-average ones scaled by `negative_weight`.
+
+    >>> cfg = GRPOConfig(init="x", negative_weight=0.0)
+    >>> shaped_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), cfg).round(decimals=2).abs()
+    tensor([1.5000, 0.0000, 0.0000, 0.0000])
+    """
+    advantages = group_advantages(rewards, scale_by_std=cfg.scale_by_std).flatten()
+    if cfg.negative_weight != 1.0:
+        advantages = torch.where(advantages < 0, advantages * cfg.negative_weight, advantages)
+    return advantages
+
+
 class GRPOTrainer:
     def __init__(self, cfg: GRPOConfig):
         self.cfg = cfg
@@ -219,7 +237,7 @@ class GRPOTrainer:
     def update(self, groups: list[Group]) -> dict[str, float]:
         cfg = self.cfg
         rewards = torch.stack([g.reward_tensor for g in groups])
-        advantages = group_advantages(rewards, scale_by_std=cfg.scale_by_std).flatten()
+        advantages = shaped_advantages(rewards, cfg)
         ids, mask = completion_batch(groups, self.pad_id)
         first = int(mask.sum(0).nonzero()[0])  # the first target any completion holds: score from there on
         mask = mask[:, first:]
