@@ -16,6 +16,9 @@ The design, and why (docs/rl-experiments.md keeps the runs behind it):
   dead ends, backing up, a final check; Stream of Search, Gandhi et al. 2024) instead of one answer path. On the
   tiny preset and this budget they lost to the reference traces, which stay the default (the runs are in
   docs/rl-experiments.md); pretraining reads both, so the base that R1-Zero starts from knows both styles.
+  `--traces guess` imitates guess-and-check traces instead (whole attempts compared with the target, the hit's
+  moves as the answer): they bring the cold start to the edge of competence, but only after about 1,450 SFT
+  steps, more than this 15-minute budget holds.
 * RL at the edge of competence: GRPO draws each prompt's level by the policy's pass rate there, p(1 - p), drops
   groups whose rewards are all equal (DAPO), and gives completions hundreds of tokens.
 * R1-Zero: the same GRPO from the pretrained base, no cold start, on the pretraining layout (problem, then
@@ -439,7 +442,8 @@ def add_run(sub) -> None:
     p.add_argument("--harder", metavar="LEVEL", help="a level evaluated but never trained on (default countdown:3)")
     p.add_argument("--traces", choices=TRACE_STYLES,
                    help="what the cold start imitates: the reference traces (default), search traces (tries, dead "
-                        "ends, a final check), or both")
+                        "ends, a final check), guess-and-check traces (whole attempts compared with the target; "
+                        "about 1,450 SFT steps to reach the edge on countdown:2), or reference + search")
     p.add_argument("--sft-steps", type=_steps, help="cold-start SFT steps (default 400)")
     p.add_argument("--grpo-steps", type=_steps, help="GRPO steps (default 50)")
     p.add_argument("--zero-steps", type=_steps, help="R1-Zero GRPO steps from the base model (default 20)")

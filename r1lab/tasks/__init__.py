@@ -9,10 +9,12 @@ pretraining material) and a verifier; the last two are pure functions of the pro
     linear         solve a linear equation for x
     shortest_path  the length of the shortest path in a small weighted graph (the logic family)
 
-Two kinds of trace. The *reference* trace writes down one solution's steps in order (`solution`). A *search*
+Three kinds of trace. The *reference* trace writes down one solution's steps in order (`solution`). A *search*
 trace (`search_solution`, Countdown and linear) explores as a person does: tries, dead ends, backing up and a
-final check, and a problem has many of them (`traces`). Imitating the first asks a model to know the answer
-before its first step; the second gives it a procedure, and RL something to choose between.
+final check, and a problem has many of them (`traces`). A *guess* trace (Countdown's `guess_solution`) is the
+short form of search a few-million-parameter model can carry out: whole attempts, each computed and compared
+with the target, until one hits, whose moves are the answer. Imitating the first asks a model to know the
+answer before its first step; the others give it a procedure, and RL something to choose between.
 
 Difficulty is a whole number from 1 (one-step, one-digit) to 5. Problems belong to the `train` or the `heldout`
 split by a hash of their content (see `base`), so the two are disjoint by construction. Every trace is
