@@ -79,6 +79,8 @@ def _flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--traces-per-problem", type=int, metavar="N", default=S,
                    help="generated corpus: distinct search traces per problem (default 1)")
     g.add_argument("--seq-len", type=int, metavar="T", default=S, help="tokens per sequence (default 256)")
+    g.add_argument("--group-by-length", action="store_true", default=S,
+                   help="SFT: batch examples of similar length (less padding; batches of a mix then hold one family)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, metavar="N", default=S,
                    help="total optimiser steps of the run; with --resume, the step to continue to (default 100)")

@@ -46,6 +46,9 @@ class TrainConfig:
     traces: str = "reference"  # built-in corpus: reference, search or both (r1lab.tasks.traces)
     traces_per_problem: int = 1  # built-in corpus: search traces per problem
     seq_len: int = 256
+    # SFT only: batch examples of similar length (less padding; on a mix of families it also makes batches of one
+    # family, which cost the default demo's cold start 6-10 points: docs/rl-experiments.md)
+    group_by_length: bool = False
     # optimisation
     steps: int = 100  # total optimiser steps, counted from the start of the run (a resume continues to it)
     batch_size: int = 8  # sequences per micro-batch on each rank
@@ -122,6 +125,7 @@ class TrainConfig:
         need(self.beta1 < 1 and self.beta2 < 1, "beta1" if self.beta1 >= 1 else "beta2", "must be below 1")
         need(isinstance(self.bf16, bool), "bf16", "must be true or false")
         need(isinstance(self.progress, bool), "progress", "must be true or false")
+        need(isinstance(self.group_by_length, bool), "group_by_length", "must be true or false")
         need(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), "device",
              "allowed values: auto, cpu, cuda, cuda:N")
         need(all(isinstance(d, int) and not isinstance(d, bool) for d in self.difficulties), "difficulties",

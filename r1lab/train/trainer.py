@@ -122,8 +122,8 @@ class Trainer:
             self.step_count, self.tokens_seen = self.saved["step"], self.saved["tokens_seen"]
             epoch, offset = self.saved["data"]["epoch"], self.saved["data"]["offset"]
             self.decay_steps = cfg.decay_steps or self.saved["decay_steps"]
-        # chat examples differ in length: batch them by length (packed pretraining blocks are all seq_len long)
-        lengths = [t.numel() for t in self.examples.ids] if cfg.kind == "sft" else None
+        # chat examples differ in length; on request batch them by length (packed pretraining blocks do not)
+        lengths = [t.numel() for t in self.examples.ids] if cfg.kind == "sft" and cfg.group_by_length else None
         self.cursor = DataCursor(len(self.examples), cfg.seed, epoch, offset, lengths,
                                  cfg.global_batch(self.dist.world_size))
         self.mtp_depths = len(self.model.mtp) if cfg.mtp_weight > 0 else 0
