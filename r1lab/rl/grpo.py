@@ -12,9 +12,9 @@ with the chat template.
 
 Logged per step (metrics.jsonl): reward, accuracy, format_rate, response_length (mean completion tokens; also
 as completion_len), self_check_rate (completions that check or back up, `rewards.self_checks`), frac_zero_std,
-kl, clip_fraction, entropy, lr, seconds, rollout_tokens_per_s, and per level its prompts this step
-(`mix/countdown:2`) and rollout accuracy (`acc/countdown:2`). `problems_seen.json` lists the keys of the distinct
-training problems drawn per level.
+truncated_rate (completions cut at max_tokens), kl, clip_fraction, entropy, lr, seconds, rollout_tokens_per_s,
+and per level its prompts this step (`mix/countdown:2`) and rollout accuracy (`acc/countdown:2`).
+`problems_seen.json` lists the keys of the distinct training problems drawn per level.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class GRPOConfig:
     format_weight: float = 0.1
     overlong_buffer: int = 0
     # DAPO's overlong filtering: completions cut at max_tokens keep their reward in the group baseline but
-    # add nothing to the loss. Without it a search that is still trying when the budget ends counts as a
-    # failure, and RL learns to stop trying (shorter answers, false 'yes'; docs/rl-experiments.md)
+    # add nothing to the loss. Without it a search still trying at the budget counts as a failure and RL learns
+    # to stop early; with it, the runs in docs/rl-experiments.md grew longer without solving more
     mask_truncated: bool = False
     # Weight of below-average completions' advantages (1: GRPO; 0: learn from the group's successes only, as
     # filtered behaviour cloning (RAFT, ReST) does, so an honest miss in a failed search is not pushed down)
