@@ -45,8 +45,7 @@ def grpo(args) -> int:
     fields = GRPOConfig.__dataclass_fields__
     values = {k: getattr(args, k) for k in fields if hasattr(args, k)}
     values.update(scale_by_std=not args.no_std_scaling, dynamic_sampling=not args.no_dynamic_sampling,
-                  progress=not args.no_progress, curriculum=not args.no_curriculum,
-                  mask_truncated=args.mask_truncated)
+                  progress=not args.no_progress, curriculum=not args.no_curriculum)
     final = train_grpo(GRPOConfig(**values))
     print(final)
     return 0

@@ -172,7 +172,7 @@ def _metrics_of(groups: list[Group], kept: list[Group]) -> dict[str, float]:
         "completion_len": sum(lengths) / len(lengths),
         "self_check_rate": sum(self_checks(t) > 0 for t in texts) / len(texts),
         "frac_zero_std": sum(not g.has_signal for g in groups) / len(groups),
-        "truncated_rate": sum(t for g in groups for t in g.truncated) / max(len(lengths), 1),
+        "truncated_rate": sum(t for g in groups for t in g.truncated) / len(lengths),
         "groups_used": len(kept),
     }
     for level in sorted({level_of(g.problem) for g in groups}):

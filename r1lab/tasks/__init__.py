@@ -127,12 +127,14 @@ def traces(problem: Problem, style: str = "reference", n: int = 1, seed: int = 0
     """
     if style not in TRACE_STYLES:
         raise TaskError(f"unknown trace style {style!r}; choose one of: {', '.join(TRACE_STYLES)}")
-    draw = _guesser(problem) if style == "guess" else None
-    if style == "guess" and draw is None:
-        return [solution(problem)]
-    out = [solution(problem)] if style in ("reference", "both") else []
-    if style == "search" or (style == "both" and has_search(problem.task, problem.difficulty)):
+    draw = None
+    if style == "guess":
+        draw = _guesser(problem)
+        if draw is None:
+            return [solution(problem)]
+    elif style == "search" or (style == "both" and has_search(problem.task, problem.difficulty)):
         draw = search_solution
+    out = [solution(problem)] if style in ("reference", "both") else []
     if draw is not None:
         key = get_family(problem.task).key(problem)
         found: list[str] = []

@@ -392,6 +392,11 @@ class _Searcher:
         return None
 
 
+def _operations(problem: Problem) -> str:
+    """The operators a problem's level allows (all four for a problem made outside the levels)."""
+    return _SETTINGS[problem.difficulty][2] if problem.difficulty in _SETTINGS else "+-*/"
+
+
 def search_solution(problem: Problem, rng: random.Random) -> str:
     """One search trace for a Countdown problem, drawn with `rng` (its move order, how many dead ends).
 
@@ -408,7 +413,7 @@ def search_solution(problem: Problem, rng: random.Random) -> str:
     True
     """
     numbers, target = problem.metadata["numbers"], problem.metadata["target"]
-    ops = _SETTINGS[problem.difficulty][2] if problem.difficulty in _SETTINGS else "+-*/"
+    ops = _operations(problem)
     searcher = _Searcher(target, ops, rng)
     nodes = tuple(_Node(n) for n in numbers)
     searcher.lines.append(f"{_state(nodes)} -> {target}")  # the numbers and goal, next to the moves that use them
@@ -464,13 +469,13 @@ def guess_solution(problem: Problem, rng: random.Random) -> str:
     True
     """
     numbers, target = problem.metadata["numbers"], problem.metadata["target"]
-    ops = _SETTINGS[problem.difficulty][2] if problem.difficulty in _SETTINGS else "+-*/"
+    ops = _operations(problem)
     nodes = [_Node(n) for n in numbers]
-    hits, misses = {}, {}
+    hits: dict[str, None] = {}  # distinct attempts in the order drawn (dicts, not sets: deterministic order)
+    misses: dict[str, None] = {}
     for _ in range(64 * len(numbers)):
         tree, steps = _playout(rng, nodes, ops)
-        line = ", ".join(steps)
-        (hits if tree.value == target else misses).setdefault(line, tree)
+        (hits if tree.value == target else misses)[", ".join(steps)] = None
     if hits:
         line = rng.choice(list(hits))
     else:  # a rare solution the random play-outs missed: the generator's own

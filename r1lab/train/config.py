@@ -47,7 +47,7 @@ class TrainConfig:
     traces_per_problem: int = 1  # built-in corpus: search traces per problem
     seq_len: int = 256
     # SFT only: batch examples of similar length (less padding; on a mix of families it also makes batches of one
-    # family, which cost the default demo's cold start 6-10 points: docs/rl-experiments.md)
+    # family, which cost the default demo's cold start 8 points on its mix: docs/rl-experiments.md)
     group_by_length: bool = False
     # optimisation
     steps: int = 100  # total optimiser steps, counted from the start of the run (a resume continues to it)
