@@ -8,27 +8,31 @@ Every stage writes into `runs/<name>/<stage>/` and is skipped when its output al
 run continues where it stopped.
 
 The design, and why (docs/rl-experiments.md keeps the runs behind it):
+* A pretrained base, shipped: R1 starts from DeepSeek-V3-Base, and this recipe starts from `models/tiny-r1-base`,
+  which this module's own tokenizer and pretrain stages made once (`--base none` runs them: 1,500 steps, about
+  26 minutes on 2 cores, longer than the whole demo). It read 9.2M tokens of the mix's families: guess-and-check
+  traces for Countdown, reference and search traces for linear equations, and plain question/answer pairs, but
+  never the harder level.
 * A task space too big to memorise, as far as the tiny model's arithmetic allows: a mix of levels (default
   Countdown with three numbers up to 10 and linear equations of two kinds); the report counts, per level, the
-  distinct problems the recipe drew and an estimate of the space (Countdown's learnable levels are small).
-  Held-out problems are disjoint by key, and evaluation adds a level no stage trains on (four numbers).
-* A cold start that can search: `--traces search` has SFT imitate several search traces per problem (tries,
-  dead ends, backing up, a final check; Stream of Search, Gandhi et al. 2024) instead of one answer path. On the
-  tiny preset and this budget they lost to the reference traces, which stay the default (the runs are in
-  docs/rl-experiments.md); pretraining reads both, so the base that R1-Zero starts from knows both styles.
-  `--traces guess` imitates guess-and-check traces instead (whole attempts compared with the target, the hit's
-  moves as the answer): they bring the cold start to the edge of competence, but only after about 1,450 SFT
-  steps, more than this 15-minute budget holds.
+  distinct problems the recipe drew, those the base read, and an estimate of the space (Countdown's learnable
+  levels are small). Held-out problems are disjoint by key, and evaluation adds a level no stage trains on (four
+  numbers).
+* A cold start that searches: guess-and-check traces for Countdown (whole attempts, every move computed and
+  compared with the target, up to three misses before the hit, whose moves are the answer the verifier checks
+  move by move), reference traces for the families without that style. `--traces search` imitates search traces
+  (tries, dead ends, backing up; Stream of Search, Gandhi et al. 2024), `--traces reference` one answer path.
 * RL at the edge of competence: GRPO draws each prompt's level by the policy's pass rate there, p(1 - p), drops
-  groups whose rewards are all equal (DAPO), and gives completions hundreds of tokens.
+  groups whose rewards are all equal (DAPO), and keeps a KL term to the cold start.
 * R1-Zero: the same GRPO from the pretrained base, no cold start, on the pretraining layout (problem, then
   `<think>`), rewarded for format and accuracy; the report puts its length and self-check curves beside R1's.
 * Controls: the SFT model trained further for GRPO's wall time on fresh problems, and sampled at a lower
   temperature, so a gain can be attributed to RL.
 
 Stages and the R1 paper's counterparts:
-* pretrain     - next-token + MTP on reference and search traces and plain problems of every family
-* sft          - cold start: chat-formatted reference (or, with --traces, search) traces of the training mix
+* tokenizer,   - copied from the base (or, with --base none, trained: the tokenizer on the task library, then
+  pretrain       next-token + MTP on the corpus above)
+* sft          - cold start: chat-formatted guess-and-check and reference traces of the training mix
 * grpo         - reasoning RL with rule rewards (accuracy + format), curriculum, dynamic sampling, clip-higher
 * zero         - R1-Zero: GRPO from the pretrained base, no SFT
 * control      - same-compute continued SFT (not in the paper: the control that makes the RL gain mean something)
@@ -40,7 +44,8 @@ Stages and the R1 paper's counterparts:
                  one; rs, distill, R1-Zero and the controls on the trained levels
 
 The report (`report.md`, `report.json`, PNG plots) states the figures; `--ship DIR` copies the checkpoints and
-the report with its plots to `models/` (tiny-r1-sft, tiny-r1, tiny-r1-distill, report.json, report.md).
+the report with its plots to `models/` (tiny-r1-sft, tiny-r1, tiny-r1-distill, report.json, report.md; and
+tiny-r1-base when this run pretrained it).
 """
 
 from __future__ import annotations
@@ -56,6 +61,26 @@ from .config import SHIPPED_MODELS_DIR as DEFAULT_SHIP
 from .data import read_jsonl
 from .tasks import TRACE_STYLES
 
+DEFAULT_BASE = DEFAULT_SHIP / "tiny-r1-base"
+# The shipped base's corpus (9.2M tokens): the default mix's families from their easiest level up to the hardest
+# trained one, never the harder evaluated level.
+BASE_CORPUS = {"countdown:1": (1500, 2), "countdown:2": (8000, 4), "linear:1": (6000, 2), "linear:2": (6000, 2),
+               "linear:3": (6000, 2)}
+
+
+CORPUS_FILE = "pretrain_corpus.json"  # in the base's checkpoint: level -> distinct problems it read
+
+
+def corpus_summary(rows) -> dict[str, int]:
+    """Distinct problems per level of a corpus's rows."""
+    from .tasks import Problem, get_family, level_of
+
+    seen: dict[str, set[str]] = {}
+    for row in rows:
+        problem = Problem.from_dict(row)
+        seen.setdefault(level_of(problem), set()).add(get_family(problem.task).key(problem))
+    return {level: len(keys) for level, keys in sorted(seen.items())}
+
 
 @dataclass
 class PipelineConfig:
@@ -63,37 +88,45 @@ class PipelineConfig:
     runs: str = "runs"
     mix: list[str] = field(default_factory=lambda: ["countdown:2", "linear:2", "linear:3"])
     harder: str = "countdown:3"  # evaluated, never trained on (a fourth number): does what RL grew carry over?
-    # What the cold start imitates: reference, search or both (r1lab.tasks.traces). Search traces are the
-    # design the R1 story suggests, but on the tiny preset and this budget they lost to the reference traces
-    # (docs/rl-experiments.md: 2.6% vs 11.9% SFT pass@1 on countdown:2); `--traces search` runs them.
-    traces: str = "reference"
+    # What the cold start imitates (r1lab.tasks.traces): guess-and-check traces for Countdown (whole attempts,
+    # each computed and compared with the target), the reference for families without that style. From the base
+    # they gave countdown:2 0.498 / 0.91 pass@1 / pass@8, where reference traces from the old base gave 0.020
+    # (docs/rl-experiments.md, sessions 8 and 9).
+    traces: str = "guess"
     traces_per_problem: int = 4  # search traces per problem (reference: one)
     seed: int = 0
     threads: int | None = None
-    # pretraining on traces and plain problems of every family (tiny preset)
-    pretrain_steps: int = 300
-    pretrain_per_level: int = 300
-    pretrain_batch: int = 16
+    # The pretrained base the recipe starts from, as R1 starts from DeepSeek-V3-Base: the shipped one, which is this
+    # config's own tokenizer and pretrain stages run once (`r1lab run --base none --stages tokenizer pretrain`), or
+    # None to pretrain in this run. The demo's minutes then go to the cold start and RL.
+    base: str | None = str(DEFAULT_BASE)
+    # pretraining (tiny preset) on documents of each level: level -> (problems, traces per problem); each problem
+    # gives its guess-and-check traces (reference and search ones where a family has no guess style) and its plain
+    # question/answer. Levels of the mix missing here get `pretrain_per_level` problems with 2 traces.
+    pretrain_corpus: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(BASE_CORPUS))
+    pretrain_per_level: int = 6000
+    pretrain_steps: int = 1500
+    pretrain_batch: int = 32
     pretrain_seq_len: int = 256
     pretrain_lr: float = 3e-3
-    # cold-start SFT on the training mix
-    sft_steps: int = 400
-    sft_per_level: int = 2000  # problems per level (times traces_per_problem rows with search traces)
+    # cold-start SFT on the training mix; from the base, 300 steps at 1e-3 reach 0.43 pass@1 on the default mix
+    # (docs/rl-experiments.md, session 9)
+    sft_steps: int = 300
+    sft_per_level: int = 2000  # problems per level (times traces_per_problem rows with search or guess traces)
     sft_batch: int = 64
-    sft_lr: float = 2e-3
+    sft_lr: float = 1e-3
     sft_seq_len: int = 320
     # GRPO (and R1-Zero, with the same settings from the base)
     grpo_steps: int = 50
     grpo_prompts: int = 16
     grpo_group: int = 8
     grpo_lr: float = 5e-5  # 1e-4 lost 3 points in 50 steps on the default mix (docs/rl-experiments.md)
-    grpo_beta: float = 0.0  # KL weight to the SFT model; 0.04 helped 120-200 steps, not 40 (docs/rl-experiments.md)
+    grpo_beta: float = 0.04  # KL weight to the SFT model: +5.9 against +3.0 without it (session 8)
     curriculum: bool = True
     zero_steps: int = 20
-    # The base writes short reference traces and long search traces (it read both); a budget that cut the long
-    # ones would choose between them before RL does (a first run at 128 tokens: docs/rl-experiments.md)
-    zero_max_tokens: int = 320
-    max_tokens: int = 128  # search traces need more: 320
+    # R1-Zero's budget leaves room above the base's guess traces (about 100 tokens) for responses to grow
+    zero_max_tokens: int = 256
+    max_tokens: int = 160  # guess traces: up to three misses and the hit (search traces need about 320)
     # controls
     control_temperature: float = 0.3
     # rejection sampling + SFT, distillation
@@ -119,6 +152,10 @@ class PipelineConfig:
             raise TaskError("mix: no levels to train on")
         if self.harder in self.mix:
             raise TaskError(f"harder={self.harder!r} is in the training mix; it must be a level never trained on")
+        for level in self.pretrain_corpus:
+            parse_level(level)
+        if self.harder in self.pretrain_corpus:
+            raise TaskError(f"harder={self.harder!r} is in the pretraining corpus; it must be a level never trained on")
         if self.traces not in TRACE_STYLES:
             raise TaskError(f"traces={self.traces!r}: choose one of {', '.join(TRACE_STYLES)}")
         if self.traces == "search":
@@ -129,8 +166,9 @@ class PipelineConfig:
     @classmethod
     def micro(cls, **overrides) -> PipelineConfig:
         """Seconds-long settings for CI: every stage runs, the numbers mean nothing."""
-        small = dict(pretrain_steps=4, pretrain_per_level=4, pretrain_batch=4, pretrain_seq_len=128, sft_steps=4,
-                     sft_per_level=10, sft_batch=8, sft_seq_len=256, traces="search", traces_per_problem=2,
+        small = dict(base=None, pretrain_corpus={}, pretrain_steps=4, pretrain_per_level=4, pretrain_batch=4,
+                     pretrain_seq_len=128, sft_steps=4, sft_per_level=10, sft_batch=8, sft_seq_len=256,
+                     traces="search", traces_per_problem=2,
                      grpo_steps=2, grpo_prompts=4, grpo_group=4, zero_steps=2, max_tokens=24, zero_max_tokens=24,
                      rs_prompts=8, rs_k=2, rs_sft_steps=2, distill_steps=3, eval_size=6, eval_k=2, side_k=2,
                      rs_fallback_to_reference=True)
@@ -198,7 +236,20 @@ class Pipeline:
     def stage_tokenizer(self) -> None:
         from .tokenizer import default_corpus, train_tokenizer
 
+        if self.cfg.base:
+            copy_checkpoint(self.base(), self.path("tokenizer"), weights=False)
+            return
         train_tokenizer(default_corpus(per_level=100, seed=self.cfg.seed), self.path("tokenizer"))
+
+    def base(self) -> Path:
+        """The shipped (or given) pretrained base; an error that says how to make one when it is missing."""
+        from .train import resolve_checkpoint
+        from .train.state import CheckpointError
+
+        try:
+            return resolve_checkpoint(self.cfg.base)
+        except CheckpointError as e:
+            raise ValueError(f"base model: {e}; pretrain one in this run with --base none") from None
 
     def _train(self, **settings) -> Path:
         from .train import TrainConfig, train
@@ -214,10 +265,38 @@ class Pipeline:
 
     def stage_pretrain(self) -> None:
         c = self.cfg
-        self._train(kind="pretrain", preset="tiny", out=str(self.path("pretrain")),
-                    tokenizer=str(self.path("tokenizer")), per_level=c.pretrain_per_level, traces="both",
-                    seq_len=c.pretrain_seq_len, steps=c.pretrain_steps, batch_size=c.pretrain_batch,
-                    lr=c.pretrain_lr, warmup_steps=max(1, c.pretrain_steps // 20))
+        if c.base:
+            self.say(f"pretrain: starting from the base at {self.base()} (--base none pretrains one here)")
+            copy_checkpoint(self.base(), self.path("pretrain"))
+            return
+        data = self.pretrain_data()
+        checkpoint = self._train(kind="pretrain", preset="tiny", out=str(self.path("pretrain")),
+                                 tokenizer=str(self.path("tokenizer")), data=[str(data)], seq_len=c.pretrain_seq_len,
+                                 steps=c.pretrain_steps, batch_size=c.pretrain_batch, lr=c.pretrain_lr,
+                                 warmup_steps=max(1, c.pretrain_steps // 20))
+        # The base carries what it read, so a run that starts from it can report the problems it has seen
+        (Path(checkpoint) / CORPUS_FILE).write_text(json.dumps(corpus_summary(read_jsonl(data)), indent=2) + "\n")
+
+    def pretrain_data(self) -> Path:
+        """The base's corpus as JSONL: `pretrain_corpus`, plus the mix's levels it lacks, shuffled."""
+        import random
+
+        from .data import write_jsonl
+        from .tasks import get_family, parse_level
+        from .train import task_rows
+
+        c = self.cfg
+        corpus = {**c.pretrain_corpus, **{level: (c.pretrain_per_level, 2) for level in c.mix
+                                          if level not in c.pretrain_corpus}}
+        rows = []
+        for level, (count, per_problem) in corpus.items():
+            task, difficulty = parse_level(level)
+            style = "guess" if get_family(task).guess is not None else "both"
+            rows += task_rows([task], [difficulty], count, c.seed, style, per_problem)
+        random.Random(c.seed).shuffle(rows)
+        path = self.root / "pretrain-data.jsonl"
+        write_jsonl(rows, path)
+        return path
 
     def sft_data(self, name: str, seed: int) -> Path:
         """The cold start's rows (`traces_per_problem` traces of `sft_per_level` problems per level) as JSONL."""
@@ -401,23 +480,35 @@ def stage_checkpoint(root: Path, stage: str) -> Path:
     return resolve_checkpoint(root / stage / "final" if stage in ("grpo", "zero") else root / stage)
 
 
+def copy_checkpoint(source: Path, target: Path, weights: bool = True) -> None:
+    """Copy a checkpoint's files (config, weights, tokenizer; no optimiser state) to `target`, which appears whole.
+
+    weights=False copies the tokenizer alone."""
+    tmp = target.parent / f".{target.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for file in source.iterdir():
+        # training state lives in a training_state/ subdirectory, which is_file() leaves behind
+        if file.is_file() and (file.name.startswith("tokenizer") or weights and file.suffix in (".json",
+                                                                                                ".safetensors")):
+            shutil.copy(file, tmp / file.name)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
 def ship(run_root: Path, ship_dir: Path) -> None:
-    """Copy the run's checkpoints (weights, config, tokenizer; no optimiser state) and report into `ship_dir`."""
+    """Copy the run's checkpoints and report into `ship_dir`; the base too when this run pretrained it."""
     ship_dir.mkdir(parents=True, exist_ok=True)
-    for stage, name in (("sft", "tiny-r1-sft"), ("grpo", "tiny-r1"), ("distill", "tiny-r1-distill")):
-        source = stage_checkpoint(run_root, stage)
-        target = ship_dir / name
-        tmp = ship_dir / f".{name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        for file in source.iterdir():
-            # training state lives in a training_state/ subdirectory, which is_file() leaves behind
-            if file.is_file() and (file.suffix in (".json", ".safetensors") or file.name.startswith("tokenizer")):
-                shutil.copy(file, tmp / file.name)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+    stages = [("sft", "tiny-r1-sft"), ("grpo", "tiny-r1"), ("distill", "tiny-r1-distill")]
+    if (run_root / "pretrain" / "checkpoint").exists():  # trained here, not copied from a base
+        stages.append(("pretrain", DEFAULT_BASE.name))
+    for stage, name in stages:
+        if (run_root / f".{stage}.done").exists():
+            copy_checkpoint(stage_checkpoint(run_root, stage), ship_dir / name)
+    if not (run_root / "report.json").exists():  # e.g. a run of the base's stages alone
+        return
     shutil.copy(run_root / "report.json", ship_dir / "report.json")
     shutil.copy(run_root / "report.md", ship_dir / "report.md")
     for plot in json.loads((run_root / "report.json").read_text()).get("plots", []):  # report.md shows them
@@ -436,6 +527,9 @@ def add_run(sub) -> None:
     p.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (default: all)")
     p.add_argument("--micro", action="store_true", help="seconds-long settings (for CI); figures mean nothing")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", metavar="DIR|none",
+                   help=f"the pretrained base to start from (default the shipped {DEFAULT_BASE.name}); `none` "
+                        "pretrains one in this run (about 26 minutes on 2 cores)")
     p.add_argument("--mix", nargs="+", metavar="LEVEL",
                    help="levels to train on, FAMILY:DIFFICULTY (default countdown:2 linear:2 linear:3; "
                         "`r1lab tasks list` says what each means)")
@@ -488,6 +582,8 @@ def config_from_args(args) -> PipelineConfig:
     for name in ("mix", "harder", "traces", "sft_steps", "grpo_steps", "zero_steps", "max_tokens", "grpo_beta"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.base is not None:
+        overrides["base"] = None if args.base.lower() == "none" else args.base
     return PipelineConfig.micro(**overrides) if args.micro else PipelineConfig(**overrides)
 
 

@@ -9,8 +9,9 @@ report.json (a contract tools read):
   beside `rl_mix`, the RL policy on the same problems and samples, which `distill_over_teacher_pass@1` divides by.
 * `controls`: `sft_same_compute` (SFT continued for GRPO's wall time) and `sft_low_temperature`, with `pass@1`
   on `mix`, and `rl_minus_control_pass@1`.
-* `space`: per level, `{"train_problems_seen": int, "space_estimate": int}` (seen: distinct problems of the
-  SFT, control, rejection-sampling and GRPO data; estimate: `tasks.estimate_space`).
+* `space`: per level, `{"train_problems_seen": int, "pretrain_problems_seen": int | null, "space_estimate":
+  int}` (seen: distinct problems of the SFT, control, rejection-sampling and GRPO data; pretrain: those the base
+  read, from its `pretrain_corpus.json`; estimate: `tasks.estimate_space`).
 * `grpo_curve`, `zero_curve`: per GRPO step `step`, `reward`, `accuracy`, `response_length`, `self_check_rate`,
   `frac_zero_std`; `sft_entropy` (nats per token of the cold start's T = 1 rollouts, GRPO's first step);
   `rl_gain_pass@1`, `seconds`, `config`, `plots`.
@@ -134,6 +135,7 @@ def _plots(root: Path, report: dict) -> list[str]:
 
 
 def write_report(root: Path, cfg, timings: dict) -> dict:
+    from .pipeline import CORPUS_FILE, stage_checkpoint
     from .tasks import estimate_space, get_family, parse_level
 
     summary = json.loads((root / "eval" / "summary.json").read_text())
@@ -164,10 +166,13 @@ def write_report(root: Path, cfg, timings: dict) -> dict:
         report["rl_minus_control_pass@1"] = {name: round(teacher - c["pass@1"], 4)
                                              for name, c in report["controls"].items()}
     seen = problems_seen(root, cfg)
+    base_corpus = stage_checkpoint(root, "pretrain") / CORPUS_FILE if (root / "pretrain").is_dir() else None
+    pretrained = json.loads(base_corpus.read_text()) if base_corpus and base_corpus.exists() else {}
     report["space"] = {}
     for level in cfg.mix:
         task, difficulty = parse_level(level)
         report["space"][level] = {"train_problems_seen": len(seen.get(level, ())),
+                                  "pretrain_problems_seen": pretrained.get(level),
                                   "space_estimate": estimate_space(get_family(task), difficulty)}
     report["grpo_curve"] = _curve(root / "grpo" / "metrics.jsonl")
     report["zero_curve"] = _curve(root / "zero" / "metrics.jsonl")
@@ -202,8 +207,10 @@ def markdown(root: Path, cfg, report: dict, timings: dict) -> str:
              f"Trained on {', '.join(f'`{m}`' for m in cfg.mix)}; `{cfg.harder}` is evaluated but never trained "
              f"on. Held-out problems, {cfg.eval_size} per level x {k} samples at temperature 0.6, top-p 0.95, up "
              f"to {cfg.max_tokens} new tokens.", "",
-             f"Settings: pretrain {cfg.pretrain_steps} steps; cold start {cfg.sft_steps} SFT steps on "
-             f"{cfg.traces} traces" + (f" ({cfg.traces_per_problem} search traces per problem)"
+             "Settings: " + (f"the base `{Path(cfg.base).name}` (pretrained once, outside this run)" if cfg.base
+                             else f"pretrain {cfg.pretrain_steps} steps")
+             + f"; cold start {cfg.sft_steps} SFT steps on "
+             f"{cfg.traces} traces" + (f" (up to {cfg.traces_per_problem} per problem where a family has them)"
                                       if cfg.traces != "reference" else "") + f"; GRPO {cfg.grpo_steps} steps of "
              f"{cfg.grpo_prompts} prompts x {cfg.grpo_group} (KL weight {cfg.grpo_beta:g}, curriculum "
              f"{'on' if cfg.curriculum else 'off'}); R1-Zero {cfg.zero_steps} steps; seed {cfg.seed}.", "",
@@ -251,11 +258,12 @@ def markdown(root: Path, cfg, report: dict, timings: dict) -> str:
                      f" -> {mean(tail, 'self_check_rate'):.2f}, groups with equal rewards "
                      f"{mean(head, 'frac_zero_std'):.2f} -> {mean(tail, 'frac_zero_std'):.2f}.")
         lines.append("")
-    lines += ["## The task space", "", "| level | distinct training problems seen | space (estimate) | ratio |",
-              "|---|---|---|---|"]
+    lines += ["## The task space", "", "| level | distinct training problems seen | space (estimate) | ratio | "
+              "read by the base in pretraining |", "|---|---|---|---|---|"]
     for level, s in report["space"].items():
         ratio = s["space_estimate"] / max(s["train_problems_seen"], 1)
-        lines.append(f"| {level} | {s['train_problems_seen']:,} | {s['space_estimate']:,} | {ratio:.0f}x |")
+        base = f"{s['pretrain_problems_seen']:,}" if s.get("pretrain_problems_seen") is not None else "-"
+        lines.append(f"| {level} | {s['train_problems_seen']:,} | {s['space_estimate']:,} | {ratio:.0f}x | {base} |")
     lines.append("")
     for label, stage in (("R1", "grpo"), ("R1-Zero", "zero")):
         samples = _samples(root / stage / "samples.jsonl")

@@ -27,6 +27,7 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     for level in mix:
         seen, space = report["space"][level]["train_problems_seen"], report["space"][level]["space_estimate"]
         assert 0 < seen < space
+        assert 0 < report["space"][level]["pretrain_problems_seen"] <= 4  # pretrain_per_level in the micro setting
     curve_keys = {"step", "reward", "response_length", "self_check_rate", "frac_zero_std"}
     assert len(report["grpo_curve"]) == 1 and curve_keys <= set(report["grpo_curve"][0])
     assert len(report["zero_curve"]) == 2 and curve_keys <= set(report["zero_curve"][0])
@@ -45,7 +46,7 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     assert {"reward", "accuracy", "format_rate", "response_length", "self_check_rate", "frac_zero_std", "kl",
             "clip_fraction", "entropy"} <= set(rows[0])
     assert sum(rows[0][f"mix/{level}"] for level in mix if f"mix/{level}" in rows[0]) >= 4  # prompts by level
-    for name in ("tiny-r1-sft", "tiny-r1", "tiny-r1-distill"):
+    for name in ("tiny-r1-sft", "tiny-r1", "tiny-r1-distill", "tiny-r1-base"):  # the base: pretrained in this run
         shipped = tmp_path / "ship" / name
         assert (shipped / "model.safetensors").exists() and (shipped / "tokenizer.json").exists()
         assert not (shipped / "training_state").exists()
@@ -54,6 +55,18 @@ def test_pipeline_micro_end_to_end(tmp_path, capsys):
     # A second run skips every finished stage.
     assert main(["run", "--micro", "--name", "ci", "--runs", str(tmp_path)]) == 0
     assert "done earlier, skipping" in capsys.readouterr().err
+    # A run from a given base copies its tokenizer and weights instead of training them, then goes on.
+    assert main(["run", "--micro", "--name", "from-base", "--runs", str(tmp_path), "--base", str(tmp_path / "ship" /
+                 "tiny-r1-base"), "--stages", "tokenizer", "pretrain", "sft", "--sft-steps", "1"]) == 0
+    copied = tmp_path / "from-base"
+    for file in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (copied / "pretrain" / file).read_bytes() == (tmp_path / "ship" / "tiny-r1-base" / file).read_bytes()
+    assert (copied / "tokenizer" / "tokenizer.json").exists() and not (copied / "tokenizer" / "config.json").exists()
+    assert not (copied / "pretrain-data.jsonl").exists() and (copied / ".sft.done").exists()
+    assert main(["run", "--micro", "--name", "no-base", "--runs", str(tmp_path), "--base", str(tmp_path / "nowhere"),
+                 "--stages", "tokenizer"]) != 0
+    err = capsys.readouterr().err
+    assert "base model: no checkpoint at" in err and "--base none" in err
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "many"])
@@ -83,6 +96,8 @@ def test_run_refuses_traces_longer_than_the_context_and_bad_levels(tmp_path, cap
         PipelineConfig(mix=["countdown:2", "linear:9"])
     with pytest.raises(TaskError, match="harder='countdown:2' is in the training mix"):
         PipelineConfig(harder="countdown:2")  # in the default mix
+    with pytest.raises(TaskError, match="harder='countdown:1' is in the pretraining corpus"):
+        PipelineConfig(harder="countdown:1")  # read by the base
     with pytest.raises(TaskError, match="no search traces for arithmetic:2"):
         PipelineConfig(mix=["arithmetic:2"], traces="search")
     assert main(["run", "--micro", "--mix", "sudoku:1", "--runs", str(tmp_path)]) != 0

@@ -170,3 +170,18 @@ def test_grpo_config_checks_its_mix():
         GRPOConfig(init="x", mix=["countdown:2", "linear:8"])
     with pytest.raises(TaskError, match="unknown task 'chess'"):
         GRPOConfig(init="x", mix=["chess:1"])
+
+
+def test_tempered_token_logprobs_are_those_of_the_distribution_that_sampled():
+    """Rollouts drawn at temperature T are scored under softmax(logits / T), the distribution the engine sampled
+    from; at T = 1 that is the model's own."""
+    from r1lab.rl.rollout import token_logprobs
+
+    model = _tiny_moe_teacher()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1].float()
+        for temperature in (1.0, 0.6):
+            expected = torch.distributions.Categorical(logits=logits / temperature).log_prob(ids[:, 1:])
+            torch.testing.assert_close(token_logprobs(model, ids, temperature=temperature), expected)
+        assert not torch.allclose(token_logprobs(model, ids, temperature=0.6), token_logprobs(model, ids))

@@ -426,11 +426,11 @@ def test_countdown_guess_traces_compute_every_attempt_and_compare_it_with_the_ta
     assert missed >= len(batch) // 3  # most traces show a miss or more before the hit
 
 
-def test_guess_traces_fall_back_to_search_then_reference():
+def test_guess_traces_fall_back_to_the_reference():
     from r1lab.tasks import traces
 
-    linear = generate("linear", 0, 2)
-    assert traces(linear, "guess", n=2) == traces(linear, "search", n=2)  # linear's search already guesses x
+    linear = generate("linear", 0, 2)  # has search traces, but no guess style: the reference it is
+    assert traces(linear, "guess", n=2) == [solution(linear)] != traces(linear, "search", n=2)
     arithmetic = generate("arithmetic", 0, 2)
     assert traces(arithmetic, "guess", n=3) == [solution(arithmetic)]
 

@@ -246,19 +246,21 @@ class GRPOTrainer:
         n = ids.shape[0]
         chunks = [slice(i, min(i + cfg.micro_batch, n)) for i in range(0, n, cfg.micro_batch)]
         total_tokens = mask.sum().clamp(min=1)
+        T = cfg.temperature  # the policy being optimised is the one that sampled the rollouts
         self.model.train()
         with torch.no_grad():
             # With one update per batch the policy is still the one that sampled, so the old log-probabilities
             # are the current ones (detached below): a whole forward pass saved.
-            old = (torch.cat([token_logprobs(self.model, ids[c], first=first) for c in chunks])
+            old = (torch.cat([token_logprobs(self.model, ids[c], first=first, temperature=T) for c in chunks])
                    if cfg.updates_per_batch > 1 else None)
-            ref = (torch.cat([token_logprobs(self.ref, ids[c], first=first) for c in chunks])
+            ref = (torch.cat([token_logprobs(self.ref, ids[c], first=first, temperature=T) for c in chunks])
                    if self.ref is not None else None)
         stats = {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
         for _ in range(cfg.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             for c in chunks:
-                logp, entropy = token_logprobs(self.model, ids[c], with_entropy=True, first=first)
+                logp, entropy = token_logprobs(self.model, ids[c], with_entropy=True, first=first,
+                                               temperature=T)
                 old_logp = logp.detach() if old is None else old[c]
                 loss, s = grpo_loss(logp, old_logp, advantages[c], mask[c], None if ref is None else ref[c],
                                     cfg.eps_low, cfg.eps_high, cfg.beta, cfg.aggregation, cfg.max_tokens)

@@ -83,11 +83,16 @@ def completion_batch(groups: list[Group], pad_id: int = 0) -> tuple[torch.Tensor
     return ids, mask
 
 
-def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False, first: int = 0):
+def token_logprobs(model, ids: torch.Tensor, with_entropy: bool = False, first: int = 0, temperature: float = 1.0):
     """log pi(ids[:, t + 1] | ids[:, :t + 1]) for t = first .. T-2, [N, T-1-first]; optionally the per-position
     entropy too. `first` skips positions no loss reads (the prompt): the vocabulary projection and softmax there,
-    and their backward, are a large part of a small model's training step."""
+    and their backward, are a large part of a small model's training step.
+
+    pi is the policy that sampled: softmax(logits / temperature), so rollouts drawn below T = 1 are scored (and
+    their ratios and KL taken) under the distribution that drew them, not the untempered one."""
     logits = model(ids, logits_to_keep=ids.shape[1] - first).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, ids[:, first + 1:].unsqueeze(-1)).squeeze(-1)
     if not with_entropy:

@@ -104,21 +104,13 @@ def has_search(task: str, difficulty: int) -> bool:
     return family.search is not None and difficulty in family.search_levels
 
 
-def _guesser(problem: Problem):
-    """The guess-and-check trace drawer for a problem: its family's own, else its search traces (linear's already
-    guess x and check), else None."""
-    family = get_family(problem.task)
-    if family.guess is not None:
-        return family.guess
-    return family.search if has_search(problem.task, problem.difficulty) else None
-
-
 def traces(problem: Problem, style: str = "reference", n: int = 1, seed: int = 0) -> list[str]:
     """The traces to learn a problem from, deterministic by seed.
 
     reference: the reference trace. search: up to `n` distinct search traces (small problems have fewer).
-    guess: up to `n` distinct guess-and-check traces (Countdown's whole attempts compared with the target; the
-    search traces where a family has no guess style; the reference where it has neither).
+    guess: up to `n` distinct guess-and-check traces (Countdown's whole attempts compared with the target), the
+    reference where a family has no guess style (from a pretrained base, linear's reference traces beat its search
+    ones: docs/rl-experiments.md, session 9).
     both: the reference trace and up to `n` search traces, or the reference alone where there is no search.
 
     >>> p = generate("countdown", seed=3, difficulty=2)
@@ -129,7 +121,7 @@ def traces(problem: Problem, style: str = "reference", n: int = 1, seed: int = 0
         raise TaskError(f"unknown trace style {style!r}; choose one of: {', '.join(TRACE_STYLES)}")
     draw = None
     if style == "guess":
-        draw = _guesser(problem)
+        draw = get_family(problem.task).guess
         if draw is None:
             return [solution(problem)]
     elif style == "search" or (style == "both" and has_search(problem.task, problem.difficulty)):

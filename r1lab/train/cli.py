@@ -75,7 +75,7 @@ def _flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--traces", choices=TRACE_STYLES, default=S,
                    help="generated corpus: learn each problem from its reference trace (default), search traces "
                         "(tries, dead ends, a final check; countdown and linear), guess-and-check traces (whole "
-                        "attempts compared with the target; countdown, else search) or reference + search (both)")
+                        "attempts compared with the target; countdown, else reference) or reference + search (both)")
     g.add_argument("--traces-per-problem", type=int, metavar="N", default=S,
                    help="generated corpus: distinct search traces per problem (default 1)")
     g.add_argument("--seq-len", type=int, metavar="T", default=S, help="tokens per sequence (default 256)")
