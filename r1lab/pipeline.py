@@ -66,8 +66,6 @@ DEFAULT_BASE = DEFAULT_SHIP / "tiny-r1-base"
 # trained one, never the harder evaluated level.
 BASE_CORPUS = {"countdown:1": (1500, 2), "countdown:2": (8000, 4), "linear:1": (6000, 2), "linear:2": (6000, 2),
                "linear:3": (6000, 2)}
-
-
 CORPUS_FILE = "pretrain_corpus.json"  # in the base's checkpoint: level -> distinct problems it read
 
 
@@ -93,7 +91,7 @@ class PipelineConfig:
     # they gave countdown:2 0.498 / 0.91 pass@1 / pass@8, where reference traces from the old base gave 0.020
     # (docs/rl-experiments.md, sessions 8 and 9).
     traces: str = "guess"
-    traces_per_problem: int = 4  # search traces per problem (reference: one)
+    traces_per_problem: int = 4  # search or guess traces per problem (reference: one)
     seed: int = 0
     threads: int | None = None
     # The pretrained base the recipe starts from, as R1 starts from DeepSeek-V3-Base: the shipped one, which is this
@@ -266,8 +264,9 @@ class Pipeline:
     def stage_pretrain(self) -> None:
         c = self.cfg
         if c.base:
-            self.say(f"pretrain: starting from the base at {self.base()} (--base none pretrains one here)")
-            copy_checkpoint(self.base(), self.path("pretrain"))
+            base = self.base()
+            self.say(f"pretrain: starting from the base at {base} (--base none pretrains one here)")
+            copy_checkpoint(base, self.path("pretrain"))
             return
         data = self.pretrain_data()
         checkpoint = self._train(kind="pretrain", preset="tiny", out=str(self.path("pretrain")),
@@ -534,17 +533,20 @@ def add_run(sub) -> None:
                    help="levels to train on, FAMILY:DIFFICULTY (default countdown:2 linear:2 linear:3; "
                         "`r1lab tasks list` says what each means)")
     p.add_argument("--harder", metavar="LEVEL", help="a level evaluated but never trained on (default countdown:3)")
+    d = PipelineConfig  # the defaults the help states, read from the config so the two cannot drift apart
     p.add_argument("--traces", choices=TRACE_STYLES,
-                   help="what the cold start imitates: the reference traces (default), search traces (tries, dead "
-                        "ends, a final check), guess-and-check traces (whole attempts compared with the target; "
-                        "about 1,450 SFT steps to reach the edge on countdown:2), or reference + search")
-    p.add_argument("--sft-steps", type=_steps, help="cold-start SFT steps (default 400)")
-    p.add_argument("--grpo-steps", type=_steps, help="GRPO steps (default 50)")
-    p.add_argument("--zero-steps", type=_steps, help="R1-Zero GRPO steps from the base model (default 20)")
-    p.add_argument("--max-tokens", type=_steps, help="completion budget of rollouts and eval (default 128; search "
-                                                        "traces need about 320)")
+                   help="what the cold start imitates: guess-and-check traces (whole attempts compared with the "
+                        "target; the reference where a family has none), the reference traces, search traces "
+                        f"(tries, dead ends, a final check), or reference + search (default {d.traces})")
+    p.add_argument("--sft-steps", type=_steps, help=f"cold-start SFT steps (default {d.sft_steps})")
+    p.add_argument("--grpo-steps", type=_steps, help=f"GRPO steps (default {d.grpo_steps})")
+    p.add_argument("--zero-steps", type=_steps,
+                   help=f"R1-Zero GRPO steps from the base model (default {d.zero_steps})")
+    p.add_argument("--max-tokens", type=_steps, help=f"completion budget of rollouts and eval (default "
+                                                        f"{d.max_tokens}; search traces need about 320)")
     p.add_argument("--grpo-beta", type=_beta, metavar="BETA",
-                   help="weight of the KL penalty to the SFT model in GRPO (default 0: no reference model kept)")
+                   help=f"weight of the KL penalty to the SFT model in GRPO (default {d.grpo_beta:g}; 0 keeps no "
+                        "reference model)")
     p.add_argument("--ship", nargs="?", const=str(DEFAULT_SHIP), metavar="DIR",
                    help=f"copy the checkpoints and report to DIR (default {DEFAULT_SHIP})")
     p.add_argument("--threads", type=int, help="torch CPU threads")
